@@ -1,0 +1,72 @@
+"""The `circuitry` command: argument parsing, dispatch, error reporting, exit codes.
+
+Each subcommand lives in a module of this package with `register(subparsers)`
+and `run(args, out) -> int`; this is the only room that prints. Exit codes:
+0 success, 1 a check failed, 2 usage or input error, 3 internal or plugin error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from circuitry import __version__
+
+# subcommand name -> module in circuitry.cli
+COMMANDS = {
+    "info": "circuitry.cli.info",
+    "train": "circuitry.cli.train",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and a one-line error (argparse's own default is 2 as well)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"circuitry: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="circuitry",
+                     description="Find and verify circuits in transformer language models.")
+    parser.add_argument("--version", action="version", version=f"circuitry {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from circuitry.errors import CircuitryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from circuitry.cli.output import Output
+
+    out = Output(json_mode=getattr(args, "json", False), verbose=getattr(args, "verbose", 0))
+    try:
+        return int(args.run(args, out) or 0)
+    except CircuitryError as exc:
+        out.error(str(exc))
+        if os.environ.get("CIRCUITRY_DEBUG"):
+            raise
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+        if os.environ.get("CIRCUITRY_DEBUG"):
+            raise
+        out.error(f"internal error: {type(exc).__name__}: {exc} (set CIRCUITRY_DEBUG=1 for a traceback)")
+        return 3
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Where the CLI's output goes: rich tables on stdout, diagnostics on stderr, JSON documents."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+
+class Output:
+    """stdout for results (a rich console, or exactly one JSON document), stderr for the rest."""
+
+    def __init__(self, json_mode: bool = False, verbose: int = 0) -> None:
+        self.json_mode = json_mode
+        self.verbose = verbose
+        self.console = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self.console.print(*objects, **kwargs)
+
+    def info(self, message: str) -> None:
+        self.err.print(message, markup=False)
+
+    def error(self, message: str) -> None:
+        self.err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+    def json(self, document: Any) -> None:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()

@@ -1,0 +1,322 @@
+"""`HookedTransformer`: the one model implementation every analysis runs on.
+
+Tokens [batch, pos] -> logits [batch, pos, d_vocab]. Hook points carry
+TransformerLens names (`hook_embed`, `blocks.{l}.attn.hook_pattern`, ...);
+`run_with_cache` records activations and `run_with_hooks` reads or replaces
+them. Per-head weights are exposed stacked over layers: W_Q [layer, head,
+d_model, d_head], W_O [layer, head, d_head, d_model], ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from circuitry.errors import InputError, UsageError, did_you_mean
+from circuitry.model.config import ModelConfig
+from circuitry.model.hooks import ActivationCache, HookFn, HookPoint
+from circuitry.model.layers import Block, Norm, init_normal_, rotary_tables
+
+HookSpec = tuple["str | Callable[[str], bool]", HookFn]
+
+
+class HookedTransformer(nn.Module):
+    """Decoder-only transformer with hook points; see `ModelConfig` for the options."""
+
+    def __init__(self, cfg: ModelConfig, seed: int | None = 0) -> None:
+        super().__init__()
+        self._build(cfg)
+        self.source: str | None = None  # where the weights were loaded from
+        if seed is not None:
+            self.init_weights(seed)
+
+    def _build(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self.embed = nn.Module()
+        self.embed.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional == "learned":
+            self.pos_embed = nn.Module()
+            self.pos_embed.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = Norm(cfg.normalization, cfg.d_model, cfg.norm_eps)
+        self.unembed = nn.Module()
+        if not cfg.tied_embeddings:
+            self.unembed.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
+        if cfg.unembed_bias:
+            self.unembed.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self.hook_dict: dict[str, HookPoint] = {}
+        for name, mod in self.named_modules():
+            if isinstance(mod, HookPoint):
+                mod.name = name
+                self.hook_dict[name] = mod
+
+    def init_weights(self, seed: int = 0) -> None:
+        """Random weights: W_E, W_pos ~ N(0, 1), other matrices ~ N(0, 1/fan-in); norms 1, biases 0."""
+        gen = torch.Generator().manual_seed(seed)
+        params = dict(self.named_parameters())
+        cpu = {k: torch.empty_like(v, device="cpu") for k, v in params.items()}
+        init_normal_(cpu, self.cfg, gen)
+        with torch.no_grad():
+            for k, v in params.items():
+                if k.rsplit(".", 1)[-1].startswith("W_"):
+                    v.copy_(cpu[k])
+
+    # ------------------------------------------------------------------ input
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    def check_tokens(self, tokens: torch.Tensor | Sequence) -> torch.Tensor:
+        """Tokens as a LongTensor [batch, pos] on the model's device, or an InputError."""
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.tensor(tokens)
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise InputError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise InputError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
+        if tokens.numel():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.cfg.d_vocab:
+                bad = hi if hi >= self.cfg.d_vocab else lo
+                raise InputError(f"token id {bad} is outside the vocabulary (0..{self.cfg.d_vocab - 1})")
+        if self.cfg.positional == "learned" and tokens.shape[1] > self.cfg.n_ctx:
+            raise InputError(f"sequence of {tokens.shape[1]} tokens is longer than the context ({self.cfg.n_ctx})")
+        return tokens.long().to(self.device)
+
+    # ---------------------------------------------------------------- forward
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering block 0 [batch, pos, d_model]."""
+        resid = self.hook_embed(self.embed.W_E[tokens])
+        if self.cfg.positional == "learned":
+            pos = self.pos_embed.W_pos[: tokens.shape[1]]
+            resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], -1, -1))
+        return resid
+
+    def forward(self, tokens: torch.Tensor | Sequence, *, start_at_layer: int = 0,
+                resid: torch.Tensor | None = None, stop_at_layer: int | None = None) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab].
+
+        With `start_at_layer=l` and `resid` (the residual stream entering block
+        l), the run skips the earlier layers; with `stop_at_layer=l` it returns
+        the residual stream entering block l instead of logits.
+        """
+        tokens = self.check_tokens(tokens)
+        if resid is None:
+            if start_at_layer:
+                raise UsageError("start_at_layer needs the residual stream entering that layer (resid=...)")
+            resid = self.embed_tokens(tokens)
+        rotary = None
+        if self.cfg.positional == "rotary":
+            rotary = rotary_tables(self.cfg, tokens.shape[1], resid.device)
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            resid = block(resid, rotary)
+        if stop_at_layer is not None:
+            return resid
+        return self.unembed_resid(self.ln_final(resid))
+
+    def unembed_resid(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W_U + b_U for a normalised final residual x [..., d_model]."""
+        out = x @ self.W_U
+        b_U = getattr(self.unembed, "b_U", None)
+        return out if b_U is None else out + b_U
+
+    def loss(self, tokens: torch.Tensor, logits: torch.Tensor | None = None,
+             per_token: bool = False) -> torch.Tensor:
+        """Next-token cross-entropy; per token [batch, pos-1] or the mean."""
+        tokens = self.check_tokens(tokens)
+        if logits is None:
+            logits = self(tokens)
+        lp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -lp.gather(-1, tokens[:, 1:, None])[..., 0]
+        return nll if per_token else nll.mean()
+
+    # ------------------------------------------------------------------ hooks
+    def hook_names(self) -> list[str]:
+        return list(self.hook_dict)
+
+    def _resolve(self, name: str | Callable[[str], bool]) -> list[HookPoint]:
+        if callable(name):
+            return [hp for n, hp in self.hook_dict.items() if name(n)]
+        if name not in self.hook_dict:
+            raise UsageError(f"unknown hook point {name!r}{did_you_mean(name, self.hook_dict)}")
+        return [self.hook_dict[name]]
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator["HookedTransformer"]:
+        """Attach hooks (name or name predicate, fn) for the duration of a `with` block."""
+        added: list[tuple[HookPoint, HookFn]] = []
+        try:
+            for name, fn in fwd_hooks:
+                for hp in self._resolve(name):
+                    hp.fns.append(fn)
+                    added.append((hp, fn))
+            yield self
+        finally:
+            for hp, fn in added:
+                hp.fns.remove(fn)
+
+    def reset_hooks(self) -> None:
+        for hp in self.hook_dict.values():
+            hp.fns.clear()
+
+    def run_with_hooks(self, tokens: torch.Tensor | Sequence, hooks: Iterable[HookSpec] = (),
+                       **kwargs) -> torch.Tensor:
+        with self.hooks(hooks):
+            return self(tokens, **kwargs)
+
+    def run_with_cache(self, tokens: torch.Tensor | Sequence,
+                       names: Iterable[str] | Callable[[str], bool] | None = None,
+                       hooks: Iterable[HookSpec] = (), **kwargs) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and an `ActivationCache` of the named hook points (all when names is None)."""
+        acts: dict[str, torch.Tensor] = {}
+
+        def save(x: torch.Tensor, hook: HookPoint) -> None:
+            acts[hook.name] = x.detach()
+
+        if names is None:
+            selected: list[HookSpec] = [(n, save) for n in self.hook_dict
+                                        if not n.endswith(("_input", "hook_normalized"))]
+        elif callable(names):
+            selected = [(names, save)]
+        else:
+            selected = [(n, save) for n in names]
+        with self.hooks([*hooks, *selected]):
+            logits = self(tokens, **kwargs)
+        return logits, ActivationCache(acts)
+
+    # ---------------------------------------------------------------- weights
+    def _stack(self, attr: str, module: str = "attn", expand_kv: bool = False,
+               shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        out = []
+        for block in self.blocks:
+            mod = getattr(block, module)
+            w = getattr(mod, attr, None)
+            if w is None:
+                w = torch.zeros(shape, device=self.device)  # type: ignore[arg-type]
+            elif expand_kv and w.shape[0] != self.cfg.n_heads:
+                w = w.repeat_interleave(self.cfg.n_heads // w.shape[0], 0)
+            out.append(w)
+        return torch.stack(out)
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        return self._stack("W_Q")  # [layer, head, d_model, d_head]
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._stack("W_K", expand_kv=True)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._stack("W_V", expand_kv=True)
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        return self._stack("W_O")  # [layer, head, d_head, d_model]
+
+    @property
+    def b_Q(self) -> torch.Tensor:
+        return self._stack("b_Q", shape=(self.cfg.n_heads, self.cfg.d_head))
+
+    @property
+    def b_K(self) -> torch.Tensor:
+        return self._stack("b_K", expand_kv=True, shape=(self.cfg.n_heads, self.cfg.d_head))
+
+    @property
+    def b_V(self) -> torch.Tensor:
+        return self._stack("b_V", expand_kv=True, shape=(self.cfg.n_heads, self.cfg.d_head))
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return self._stack("b_O", shape=(self.cfg.d_model,))  # [layer, d_model]
+
+    def _mlp_stack(self, attr: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.cfg.attn_only:
+            raise UsageError(f"{attr}: the model {self.cfg.name!r} has no MLPs")
+        return self._stack(attr, module="mlp", shape=shape)
+
+    @property
+    def W_in(self) -> torch.Tensor:
+        return self._mlp_stack("W_in", ())  # [layer, d_model, d_mlp]
+
+    @property
+    def W_out(self) -> torch.Tensor:
+        return self._mlp_stack("W_out", ())  # [layer, d_mlp, d_model]
+
+    @property
+    def b_in(self) -> torch.Tensor:
+        return self._mlp_stack("b_in", (self.cfg.d_mlp or 0,))
+
+    @property
+    def b_out(self) -> torch.Tensor:
+        return self._mlp_stack("b_out", (self.cfg.d_model,))
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self.embed.W_E  # [d_vocab, d_model]
+
+    @property
+    def W_pos(self) -> torch.Tensor:
+        if self.cfg.positional != "learned":
+            return torch.zeros(self.cfg.n_ctx, self.cfg.d_model, device=self.device)
+        return self.pos_embed.W_pos  # [n_ctx, d_model]
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        if self.cfg.tied_embeddings:
+            return self.embed.W_E.T
+        return self.unembed.W_U  # [d_model, d_vocab]
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        b = getattr(self.unembed, "b_U", None)
+        return torch.zeros(self.cfg.d_vocab, device=self.device) if b is None else b
+
+    @property
+    def W_OV(self) -> torch.Tensor:
+        """W_V W_O per head [layer, head, d_model, d_model] (small models only)."""
+        return self.W_V @ self.W_O
+
+    @property
+    def W_QK(self) -> torch.Tensor:
+        """W_Q W_K^T per head [layer, head, d_model, d_model] (small models only)."""
+        return self.W_Q @ self.W_K.transpose(-1, -2)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---------------------------------------------------------------- folding
+    def fold_layer_norm(self, center_weights: bool = True) -> "HookedTransformer":
+        """Fold normalisation weights and biases into the weights that read them.
+
+        As TransformerLens defines it: LN(x) = s(x) * w + b, so W·LN(x) + b0 =
+        (w[:, None] * W)·s(x) + (b @ W + b0). The norms become the weightless
+        LNPre / RMSPre; with LayerNorm the folded reading weights are centred
+        along d_model (the normalised input has mean zero, so this changes
+        nothing). Returns self; outputs are unchanged.
+        """
+        from circuitry.model.folding import fold_layer_norm
+
+        fold_layer_norm(self, center_weights)
+        return self
+
+    def with_config(self, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+        """Rebuild the modules for a new config and load `state` into them."""
+        device = self.device
+        for name in list(self._modules):
+            delattr(self, name)
+        self._build(cfg)
+        self.to(device)
+        self.load_state_dict(state, strict=True)
+
+    def replace_config(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self.cfg, **changes)

@@ -1,0 +1,140 @@
+"""Training of small attention-only models on periodic repeats (induction heads form).
+
+The default `TrainRecipe` is the measured CPU recipe: 2 layers, 4 heads,
+d_model 64, no normalisation, vocabulary 64 + BOS, context 64; each batch is
+BOS + a random block of L ~ U[8, 24] tokens tiled to the context; AdamW 1e-3,
+batch 64, 1500 steps. The induction phase change arrives at step ~400-600.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from circuitry.data import periodic_tokens
+from circuitry.errors import UsageError
+from circuitry.model import HookedTransformer, ModelConfig, save_model
+from circuitry.model.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Everything that determines a training run (with the seed, the run is reproducible)."""
+
+    steps: int = 1500
+    seed: int = 0
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_vocab: int = 64  # random tokens; BOS is one more id
+    n_ctx: int = 64
+    batch: int = 64
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    min_period: int = 8
+    max_period: int = 24
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise UsageError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.n_heads})")
+        for name in ("steps", "n_layers", "n_heads", "d_model", "batch"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise UsageError("--checkpoint-every must be >= 1")
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads, d_vocab=self.d_vocab + 1, n_ctx=self.n_ctx,
+            bos_token_id=self.d_vocab, name=f"attn-only-{self.n_layers}l",
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: HookedTransformer
+    losses: list[float]
+    seconds: float
+    checkpoints: list[Path]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}.safetensors"
+
+
+def train(recipe: TrainRecipe, out: str | Path | None = None,
+          on_step: Callable[[int, float], None] | None = None,
+          command: str | None = None) -> TrainResult:
+    """Train a model; with `out`, write the model, loss curve, recipe and checkpoints there."""
+    torch.manual_seed(recipe.seed)
+    cfg = recipe.model_config()
+    model = HookedTransformer(cfg, seed=recipe.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    out_dir = Path(out) if out is not None else None
+    meta = {"recipe": json.dumps(dataclasses.asdict(recipe)), "command": command or ""}
+    checkpoints: list[Path] = []
+
+    def checkpoint(step: int) -> None:
+        if out_dir is not None and recipe.checkpoint_every:
+            path = out_dir / "checkpoints" / checkpoint_name(step)
+            save_model(model, path, {**meta, "step": str(step)})
+            checkpoints.append(path)
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    checkpoint(0)
+    for step in range(1, recipe.steps + 1):
+        batch = periodic_tokens(cfg.d_vocab, cfg.bos_token_id, batch=recipe.batch, n_ctx=recipe.n_ctx,
+                                min_period=recipe.min_period, max_period=recipe.max_period, generator=gen)
+        loss = model.loss(batch.tokens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+        if recipe.checkpoint_every and step % recipe.checkpoint_every == 0:
+            checkpoint(step)
+    seconds = time.perf_counter() - start
+    model.eval()
+    if out_dir is not None:
+        model.source = str(out_dir)
+        save_model(model, out_dir, {**meta, "step": str(recipe.steps)})
+        record = {"recipe": dataclasses.asdict(recipe), "command": command, "seconds": round(seconds, 2),
+                  "torch": torch.__version__, "final_loss": losses[-1]}
+        atomic_write_text(out_dir / "train.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(out_dir / "loss.json", json.dumps({"step": list(range(1, len(losses) + 1)),
+                                                              "loss": losses}) + "\n")
+    return TrainResult(model, losses, seconds, checkpoints)
+
+
+def plot_losses(losses: list[float], path: str | Path) -> bool:
+    """Write the loss curve as PNG when matplotlib is installed; False otherwise."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
