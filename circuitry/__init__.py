@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from circuitry.errors import CircuitryError, UsageError  # noqa: E402
 from circuitry.model import HookedTransformer, ModelConfig  # noqa: E402
+from circuitry.plugins import hookimpl  # noqa: E402
 
 
 def load_model(ref: str, device: str | None = None) -> HookedTransformer:
@@ -25,4 +26,5 @@ __all__ = [
     "HookedTransformer",
     "ModelConfig",
     "load_model",
+    "hookimpl",
 ]

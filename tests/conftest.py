@@ -51,3 +51,14 @@ def random_model(seed: int = 0, randomize_all: bool = True, **overrides) -> Hook
 def _no_grad_leak():
     torch.set_grad_enabled(True)
     yield
+
+
+@pytest.fixture
+def circuitry_plugin():
+    """Register throw-away plugins: `circuitry_plugin(obj, "name")`; all are removed after the test."""
+    from contextlib import ExitStack
+
+    from circuitry.testing import registered_plugin
+
+    with ExitStack() as stack:
+        yield lambda plugin, name: stack.enter_context(registered_plugin(plugin, name))

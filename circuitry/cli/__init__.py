@@ -18,6 +18,8 @@ from circuitry import __version__
 COMMANDS = {
     "info": "circuitry.cli.info",
     "train": "circuitry.cli.train",
+    "plugins": "circuitry.cli.plugins",
+    "scan": "circuitry.cli.scan",
 }
 
 
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="circuitry",
                      description="Find and verify circuits in transformer language models.")
     parser.add_argument("--version", action="version", version=f"circuitry {__version__}")
+    parser.add_argument("-p", dest="plugin_opts", action="append", default=[], metavar="no:NAME",
+                        help="disable a plugin by name (repeatable); also CIRCUITRY_DISABLE_PLUGINS=A,B")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in COMMANDS.items():
         importlib.import_module(module).register(sub)
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Output(json_mode=getattr(args, "json", False), verbose=getattr(args, "verbose", 0))
     try:
+        _apply_plugin_options(args.plugin_opts)
         return int(args.run(args, out) or 0)
     except CircuitryError as exc:
         out.error(str(exc))
@@ -66,6 +71,30 @@ def main(argv: list[str] | None = None) -> int:
             raise
         out.error(f"internal error: {type(exc).__name__}: {exc} (set CIRCUITRY_DEBUG=1 for a traceback)")
         return 3
+    finally:
+        _warn_failed_plugins(out)
+
+
+def _apply_plugin_options(options: list[str]) -> None:
+    from circuitry.errors import UsageError
+    from circuitry.plugins import disable
+
+    names = set()
+    for opt in options:
+        if not opt.startswith("no:") or not opt[3:]:
+            raise UsageError(f"-p {opt}: expected -p no:NAME to disable the plugin NAME")
+        names.add(opt[3:])
+    if names:
+        disable(names)
+
+
+def _warn_failed_plugins(out) -> None:
+    from circuitry import plugins
+
+    if plugins._manager is not None:
+        for info in plugins._manager.failed:
+            out.info(f"warning: plugin {info.name!r} ({info.module}) failed to import and was skipped: "
+                     f"{info.error}")
 
 
 def entry() -> None:

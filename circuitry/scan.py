@@ -1,0 +1,110 @@
+"""Scanning a model with detectors: one cached run, every head scored.
+
+`scan(model, batch)` runs each selected detector plugin once on a shared
+cached run (only attention patterns are cached) and returns a `ScanResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from circuitry.data import TokenBatch
+from circuitry.errors import UsageError, unknown_name
+from circuitry.model import HookedTransformer
+from circuitry.plugins import PluginManager, get_manager
+from circuitry.records import Detector, DetectorInput, PairScores
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Head scores [layer, head] per head detector and PairScores per pair detector."""
+
+    model: str
+    data: str
+    heads: dict[str, torch.Tensor]
+    pairs: dict[str, PairScores]
+    detectors: dict[str, Detector]
+
+    def head_names(self) -> list[str]:
+        L, H = next(iter(self.heads.values())).shape if self.heads else (0, 0)
+        return [f"L{l}H{h}" for l in range(L) for h in range(H)]
+
+    def pair_list(self, name: str, kind: str) -> list[dict]:
+        """[{"from", "to", "score", "baseline"}] of one pair detector and kind, strongest first."""
+        ps = self.pairs[name]
+        s = ps.scores[kind]
+        L, H = s.shape[:2]
+        rows = []
+        for l1 in range(L):
+            for h1 in range(H):
+                for l2 in range(l1 + 1, L):
+                    for h2 in range(H):
+                        v = float(s[l1, h1, l2, h2])
+                        rows.append({"from": f"L{l1}H{h1}", "to": f"L{l2}H{h2}", "score": v,
+                                     "baseline": ps.baseline[kind]})
+        rows.sort(key=lambda r: -r["score"])
+        return rows
+
+    def to_json(self) -> dict:
+        heads = []
+        for name in self.head_names():
+            l, h = (int(x) for x in name[1:].split("H"))
+            heads.append({"head": name, **{d: float(t[l, h]) for d, t in self.heads.items()}})
+        doc: dict = {"model": self.model, "data": self.data, "heads": heads}
+        for pname, ps in self.pairs.items():
+            key = "composition" if pname == "composition" else f"pairs:{pname}"
+            doc[key] = {kind: self.pair_list(pname, kind) for kind in ps.scores}
+        return doc
+
+
+def select_detectors(names: Iterable[str] | None, manager: PluginManager | None = None) -> dict[str, Detector]:
+    detectors = (manager or get_manager()).detectors()
+    if names is None:
+        return dict(detectors)
+    chosen = {}
+    for name in names:
+        if name not in detectors:
+            raise UsageError(unknown_name("detector", name, detectors))
+        chosen[name] = detectors[name]
+    return chosen
+
+
+def pattern_names(model: HookedTransformer) -> list[str]:
+    return [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+
+
+def run_detectors(model: HookedTransformer, batch: TokenBatch | None, detectors: dict[str, Detector],
+                  cache=None) -> tuple[dict[str, torch.Tensor], dict[str, PairScores]]:
+    """Score with every detector, sharing one cached run (made here when not given)."""
+    if cache is None and batch is not None and any(d.needs_cache for d in detectors.values()):
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(batch.tokens, names=pattern_names(model))
+    heads: dict[str, torch.Tensor] = {}
+    pairs: dict[str, PairScores] = {}
+    with torch.inference_mode():
+        for name, det in detectors.items():
+            if det.needs_cache and cache is None:
+                raise UsageError(f"detector {name!r} needs data")
+            inp = DetectorInput(model, batch, cache if det.needs_cache else None)
+            result = det.score(inp)
+            if det.kind == "head":
+                expect = (model.cfg.n_layers, model.cfg.n_heads)
+                if not isinstance(result, torch.Tensor) or tuple(result.shape) != expect:
+                    from circuitry.plugins import PluginError
+
+                    raise PluginError(f"detector {name!r} returned {getattr(result, 'shape', type(result))}, "
+                                      f"expected a tensor of shape {expect}")
+                heads[name] = result.detach().float().cpu()
+            else:
+                pairs[name] = result
+    return heads, pairs
+
+
+def scan(model: HookedTransformer, batch: TokenBatch, detectors: Iterable[str] | None = None,
+         manager: PluginManager | None = None, model_ref: str | None = None) -> ScanResult:
+    chosen = select_detectors(detectors, manager)
+    heads, pairs = run_detectors(model, batch, chosen)
+    return ScanResult(model_ref or model.source or model.cfg.name, batch.description, heads, pairs, chosen)

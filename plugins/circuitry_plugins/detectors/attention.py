@@ -1,0 +1,70 @@
+"""Attention-pattern detectors: previous-token, duplicate-token, induction (prefix matching).
+
+Each reads `blocks.{l}.attn.hook_pattern` [batch, head, q, k] from one cached
+run and scores every head in [0, 1].
+
+- previous_token: mean over queries i >= 1 of A[i, i-1].
+- duplicate_token: attention mass on earlier occurrences of the query's token,
+  A[i, j] summed over j < i with t_j = t_i, averaged over queries whose token
+  occurred before.
+- induction (prefix matching, Olsson et al.): attention mass on the tokens that
+  followed earlier occurrences of the query's token, A[i, j] summed over
+  1 <= j <= i with t_{j-1} = t_i, averaged over queries whose token occurred
+  before. On BOS + r + r this is the attention from the second copy of a token
+  to the token after its first copy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuitry.errors import UsageError
+
+
+def patterns(inp) -> torch.Tensor:
+    """All layers' patterns stacked: [layer, batch, head, q, k]."""
+    if inp.cache is None:
+        raise UsageError("this detector needs a cached run (attention patterns)")
+    n = inp.model.cfg.n_layers
+    return torch.stack([inp.cache[f"blocks.{l}.attn.hook_pattern"] for l in range(n)])
+
+
+def duplicate_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, q, k]: True where k < q and t_k = t_q."""
+    n = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None, :]
+    return same & torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+
+
+def induction_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, q, k]: True where 1 <= k <= q and t_{k-1} = t_q (the duplicate mask shifted right)."""
+    dup = duplicate_mask(tokens)
+    mask = torch.zeros_like(dup)
+    mask[:, :, 1:] = dup[:, :, :-1]
+    return mask
+
+
+def masked_score(pat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over queries with a non-empty mask of the attention mass inside the mask -> [layer, head]."""
+    mask = mask.to(pat.dtype)  # [batch, q, k]
+    mass = torch.einsum("lbhqk,bqk->lhbq", pat, mask)  # [layer, head, batch, q]
+    has = mask.sum(-1) > 0  # [batch, q]
+    if not bool(has.any()):
+        raise UsageError("the data has no repeated tokens, so this detector has nothing to score; "
+                         "use repeated data (e.g. --data repeated)")
+    return (mass * has).sum((-1, -2)) / has.sum()
+
+
+def previous_token(inp) -> torch.Tensor:
+    pat = patterns(inp)  # [layer, batch, head, q, k]
+    if pat.shape[-1] < 2:
+        raise UsageError("previous_token needs sequences of at least 2 tokens")
+    return pat.diagonal(offset=-1, dim1=-2, dim2=-1).mean((1, 3))
+
+
+def duplicate_token(inp) -> torch.Tensor:
+    return masked_score(patterns(inp), duplicate_mask(inp.batch.tokens.to(inp.model.device)))
+
+
+def induction(inp) -> torch.Tensor:
+    return masked_score(patterns(inp), induction_mask(inp.batch.tokens.to(inp.model.device)))

@@ -1,0 +1,32 @@
+"""Standard model sources: `builtin:NAME` (models shipped in the package) and paths
+to safetensors checkpoints (a directory with model.safetensors + config.json,
+or a single .safetensors file)."""
+
+from __future__ import annotations
+
+from circuitry import hookimpl
+from circuitry.errors import ModelLoadError, unknown_name
+from circuitry.model import load_model_file
+from circuitry.records import ModelSource
+from circuitry.sources import builtin_models
+
+
+def _load_builtin(name: str, device=None):
+    models = builtin_models()
+    if name not in models:
+        raise ModelLoadError(unknown_name("builtin model", name, models))
+    return load_model_file(models[name], device=device)
+
+
+def _load_file(path: str, device=None):
+    return load_model_file(path, device=device)
+
+
+@hookimpl
+def circuitry_model_sources():
+    return [
+        ModelSource("builtin", "models shipped inside circuitry (builtin:NAME)", _load_builtin,
+                    names=lambda: list(builtin_models())),
+        ModelSource("file", "a safetensors checkpoint: a directory with model.safetensors and config.json, "
+                            "or one .safetensors file (PATH or file:PATH)", _load_file),
+    ]
