@@ -81,7 +81,9 @@ def run_detectors(model: HookedTransformer, batch: TokenBatch | None, detectors:
     """Score with every detector, sharing one cached run (made here when not given)."""
     if cache is None and batch is not None and any(d.needs_cache for d in detectors.values()):
         with torch.inference_mode():
-            _, cache = model.run_with_cache(batch.tokens, names=pattern_names(model))
+            # patterns only: the unembedding is not needed
+            _, cache = model.run_with_cache(batch.tokens, names=pattern_names(model),
+                                            stop_at_layer=model.cfg.n_layers)
     heads: dict[str, torch.Tensor] = {}
     pairs: dict[str, PairScores] = {}
     with torch.inference_mode():
