@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
+
+# options that shape the model, with their defaults (left out of the recorded command when unchanged)
+SHAPE_DEFAULTS = {"layers": 2, "heads": 4, "d_model": 64, "checkpoint_every": None}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def recorded_command(args: argparse.Namespace) -> str:
+    """The command line that repeats this run, built from the parsed arguments (not sys.argv,
+    which is the caller's own command when `circuitry.cli.main([...])` is called from Python)."""
+    parts = ["circuitry", "train", "--steps", str(args.steps), "--seed", str(args.seed), "--out", str(args.out)]
+    for name, default in SHAPE_DEFAULTS.items():
+        value = getattr(args, name)
+        if value != default:
+            parts += ["--" + name.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def run(args: argparse.Namespace, out) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -30,7 +43,7 @@ def run(args: argparse.Namespace, out) -> int:
 
     recipe = TrainRecipe(steps=args.steps, seed=args.seed, n_layers=args.layers, n_heads=args.heads,
                          d_model=args.d_model, checkpoint_every=args.checkpoint_every)
-    command = "circuitry " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    command = recorded_command(args)
     with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=out.err, transient=False) as progress:

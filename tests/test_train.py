@@ -1,0 +1,118 @@
+"""`circuitry train`: the files a run writes, their contents, reproducibility; the full recipe (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from circuitry.cli import main
+from circuitry.data import periodic_tokens
+from circuitry.model import HookedTransformer, load_model_file
+from circuitry.model.io import read_metadata
+from circuitry.train import TrainRecipe, train
+from induction_checks import failures, measure
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models train far faster on one thread, and the test machine's cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["train", "--steps", "30", "--seed", "3", "--checkpoint-every", "10", "--out", str(out)])
+    finally:
+        torch.set_num_threads(n)
+    return rc, out
+
+
+def test_tiny_run_writes_model_and_records(tiny_run):
+    rc, out = tiny_run
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "loss.json", "train.json",
+                                                "checkpoints"}
+    assert not [p for p in out.rglob("*.tmp")]  # no half-written files
+    record = json.loads((out / "train.json").read_text())
+    assert record["command"] == f"circuitry train --steps 30 --seed 3 --out {out} --checkpoint-every 10"
+    assert record["recipe"]["seed"] == 3 and record["recipe"]["steps"] == 30
+    assert record["recipe"]["checkpoint_every"] == 10
+    assert record["torch"] == torch.__version__
+    curve = json.loads((out / "loss.json").read_text())
+    assert curve["step"] == list(range(1, 31)) and len(curve["loss"]) == 30
+    assert record["final_loss"] == curve["loss"][-1]
+    # from a random start (about ln 65 or above) towards the unigram floor (ln 64 = 4.16)
+    assert curve["loss"][0] > math.log(64) + 0.5
+    assert curve["loss"][-1] < curve["loss"][0] - 0.5
+    model = load_model_file(out)
+    assert model.cfg.n_layers == 2 and model.cfg.d_vocab == 65 and model.cfg.bos_token_id == 64
+    assert read_metadata(out)["command"] == record["command"]
+
+
+def test_tiny_run_checkpoints(tiny_run):
+    rc, out = tiny_run
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == [f"step-{s:06d}.safetensors" for s in (0, 10, 20, 30)]
+    ckpts = {s: load_model_file(out / "checkpoints" / f"step-{s:06d}.safetensors") for s in (0, 10, 20, 30)}
+    for s in ckpts:
+        assert read_metadata(out / "checkpoints" / f"step-{s:06d}.safetensors")["step"] == str(s)
+    final = load_model_file(out)
+    sd_final, sd_30 = final.state_dict(), ckpts[30].state_dict()
+    assert all(torch.equal(sd_final[k], sd_30[k]) for k in sd_final)
+    # step 0 is the seeded initialisation
+    init = HookedTransformer(final.cfg, seed=3).state_dict()
+    assert all(torch.equal(init[k], v) for k, v in ckpts[0].state_dict().items())
+    assert not torch.equal(ckpts[0].state_dict()["embed.W_E"], ckpts[10].state_dict()["embed.W_E"])
+    # the recorded loss of step k+1 is checkpoint k's loss on batch k+1 of the seeded data stream
+    losses = json.loads((out / "loss.json").read_text())["loss"]
+    gen = torch.Generator().manual_seed(3 + 1)
+    batches = [periodic_tokens(65, 64, batch=64, n_ctx=64, min_period=8, max_period=24, generator=gen).tokens
+               for _ in range(21)]
+    for s in (0, 10, 20):
+        with torch.no_grad():
+            logits = ckpts[s](batches[s])
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 65), batches[s][:, 1:].reshape(-1))
+        assert abs(float(ce) - losses[s]) < 1e-4, (s, float(ce), losses[s])
+
+
+def test_training_is_reproducible():
+    a = train(TrainRecipe(steps=5, seed=4, batch=8)).model.state_dict()
+    b = train(TrainRecipe(steps=5, seed=4, batch=8)).model.state_dict()
+    c = train(TrainRecipe(steps=5, seed=5, batch=8)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["blocks.0.attn.W_Q"], c["blocks.0.attn.W_Q"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--steps", "0"], "steps must be >= 1"),
+    (["--d-model", "30"], "--d-model (30) must be a multiple of --heads (4)"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
+])
+def test_bad_training_arguments(argv, words, tmp_path, capsys):
+    rc = main(["train", *argv, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert words in err and "Traceback" not in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_full_recipe_grows_induction_heads(tmp_path, capsys):
+    """The shipped model's exact command produces a model with the induction circuit."""
+    out = tmp_path / "attn-only-2l"
+    assert main(["train", "--steps", "1500", "--seed", "0", "--out", str(out)]) == 0
+    model = load_model_file(out)
+    scores = measure(model)
+    assert failures(scores) == [], scores.as_dict()
+    record = json.loads((out / "train.json").read_text())
+    assert record["command"] == f"circuitry train --steps 1500 --seed 0 --out {out}"
