@@ -37,6 +37,7 @@ class TrainRecipe:
     batch: int = 64
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
     min_period: int = 8
     max_period: int = 24
     checkpoint_every: int | None = None
@@ -77,7 +78,7 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     torch.manual_seed(recipe.seed)
     cfg = recipe.model_config()
     model = HookedTransformer(cfg, seed=recipe.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     out_dir = Path(out) if out is not None else None
     meta = {"recipe": json.dumps(dataclasses.asdict(recipe)), "command": command or ""}

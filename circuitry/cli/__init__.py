@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "circuitry.cli.train",
     "plugins": "circuitry.cli.plugins",
     "scan": "circuitry.cli.scan",
+    "paths": "circuitry.cli.paths",
 }
 
 

@@ -1,0 +1,155 @@
+"""Safe YAML loading that keeps the line and column of every key and value.
+
+Only YAML's standard scalar types are built (strings, numbers, booleans,
+null); any other tag (`!!python/object`, custom tags) is an error, so a spec
+can never make circuitry import or run code. Duplicate keys are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from circuitry.errors import UsageError
+
+Path_ = tuple  # a key path: ("checks", 2, "expect")
+MAX_NODES = 100_000
+_SAFE_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+}
+
+
+@dataclass(frozen=True)
+class Mark:
+    file: str
+    line: int  # 1-based
+    col: int  # 1-based
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class SpecError(UsageError):
+    """An error in a spec, located at file:line:col with the key path."""
+
+    def __init__(self, mark: Mark | None, path: Path_, message: str) -> None:
+        self.mark, self.path, self.message = mark, path, message
+        where = f"{mark}: " if mark else ""
+        key = f"{format_path(path)}: " if path else ""
+        super().__init__(f"{where}{key}{message}")
+
+
+def format_path(path: Path_) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+@dataclass(frozen=True)
+class Document:
+    """Plain data from a YAML file, with the marks of every value (and of every mapping key)."""
+
+    data: Any
+    file: str
+    marks: dict[Path_, Mark]
+    key_marks: dict[Path_, Mark]
+
+    def mark(self, path: Path_) -> Mark | None:
+        """The mark of the value at `path`, or of its nearest ancestor."""
+        path = tuple(path)
+        while path not in self.marks and path:
+            path = path[:-1]
+        return self.marks.get(path)
+
+    def key_mark(self, path: Path_) -> Mark | None:
+        return self.key_marks.get(tuple(path)) or self.mark(path)
+
+    def error(self, path: Path_, message: str, at_key: bool = False) -> SpecError:
+        return SpecError(self.key_mark(path) if at_key else self.mark(path), tuple(path), message)
+
+
+def _mark(file: str, m) -> Mark:
+    return Mark(file, m.line + 1, m.column + 1)
+
+
+class _Builder:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.marks: dict[Path_, Mark] = {}
+        self.key_marks: dict[Path_, Mark] = {}
+        self.count = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise SpecError(_mark(self.file, node.start_mark), path, f"document too large (over {MAX_NODES} values)")
+        self.marks[path] = _mark(self.file, node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _SAFE_TAGS:
+                raise SpecError(self.marks[path], path, f"unsupported YAML tag {node.tag!r}: specs hold plain "
+                                "values only (strings, numbers, booleans, lists, mappings)")
+            return self.constructor.construct_object(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                raise SpecError(self.marks[path], path, f"unsupported YAML tag {node.tag!r}")
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                raise SpecError(self.marks[path], path, f"unsupported YAML tag {node.tag!r}")
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                kmark = _mark(self.file, key_node.start_mark)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SAFE_TAGS:
+                    raise SpecError(kmark, path, "mapping keys must be plain strings")
+                key = self.constructor.construct_object(key_node)
+                if key == "<<":
+                    raise SpecError(kmark, path, "YAML merge keys ('<<') are not supported in specs")
+                key = str(key) if not isinstance(key, str) else key
+                if key in out:
+                    first = self.key_marks[(*path, key)]
+                    raise SpecError(kmark, (*path, key), f"duplicate key {key!r} (first defined at line {first.line})")
+                self.key_marks[(*path, key)] = kmark
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        raise SpecError(self.marks[path], path, "unsupported YAML node")  # pragma: no cover
+
+
+def load_document(text: str, file: str = "<string>") -> Document:
+    """Parse YAML text into a `Document`; errors carry file:line:col."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = _mark(file, mark) if mark else None
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise SpecError(where, (), f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(Mark(file, 1, 1), (), f"invalid YAML: {exc}") from None
+    if node is None:
+        raise SpecError(Mark(file, 1, 1), (), "the file is empty")
+    builder = _Builder(file)
+    try:
+        data = builder.build(node, ())
+    except yaml.constructor.ConstructorError as exc:
+        mark = _mark(file, exc.problem_mark) if exc.problem_mark else None
+        raise SpecError(mark, (), f"invalid value: {exc.problem}") from None
+    return Document(data, file, builder.marks, builder.key_marks)
+
+
+def load_file(path: str | Path) -> Document:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(None, (), f"no such spec file: {path}")
+    if path.is_dir():
+        raise SpecError(None, (), f"{path} is a directory, not a spec file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(Mark(str(path), 1, 1), (), "the file is not UTF-8 text") from None
+    return load_document(text, str(path))
