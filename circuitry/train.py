@@ -2,8 +2,15 @@
 
 The default `TrainRecipe` is the measured CPU recipe: 2 layers, 4 heads,
 d_model 64, no normalisation, vocabulary 64 + BOS, context 64; each batch is
-BOS + a random block of L ~ U[8, 24] tokens tiled to the context; AdamW 1e-3,
-batch 64, 1500 steps. The induction phase change arrives at step ~400-600.
+BOS + a random block of L ~ U[8, 24] tokens tiled to the context; AdamW 1e-3
+with betas (0.9, 0.99) and weight decay 0.3, batch 64, 1500 steps. The
+induction phase change arrives at step ~400-600.
+
+Weight decay is the one departure from the measured recipe of the background
+notes (which used none): without it the trained model splits the
+previous-token role over two heads and its K-composition is barely above the
+random-matrix baseline (1.5x); with 0.3 one previous-token head K-composes
+with the induction heads at about 1.9x baseline.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ class TrainRecipe:
     batch: int = 64
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.3
     min_period: int = 8
     max_period: int = 24
     checkpoint_every: int | None = None

@@ -6,7 +6,7 @@ import argparse
 import shlex
 
 # options that shape the model, with their defaults (left out of the recorded command when unchanged)
-SHAPE_DEFAULTS = {"layers": 2, "heads": 4, "d_model": 64, "checkpoint_every": None}
+SHAPE_DEFAULTS = {"layers": 2, "heads": 4, "d_model": 64, "weight_decay": 0.3, "checkpoint_every": None}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=2, help="number of layers (default 2)")
     p.add_argument("--heads", type=int, default=4, help="heads per layer (default 4)")
     p.add_argument("--d-model", type=int, default=64, help="residual width (default 64)")
+    p.add_argument("--weight-decay", type=float, default=0.3,
+                   help="AdamW weight decay (default 0.3; it makes the K-composition of the circuit clearer)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also save numbered checkpoints every N steps under OUT/checkpoints")
     p.set_defaults(run=run)
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.train import TrainRecipe, plot_losses, train
 
     recipe = TrainRecipe(steps=args.steps, seed=args.seed, n_layers=args.layers, n_heads=args.heads,
-                         d_model=args.d_model, checkpoint_every=args.checkpoint_every)
+                         d_model=args.d_model, weight_decay=args.weight_decay,
+                         checkpoint_every=args.checkpoint_every)
     command = recorded_command(args)
     with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
