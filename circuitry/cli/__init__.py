@@ -21,6 +21,7 @@ COMMANDS = {
     "plugins": "circuitry.cli.plugins",
     "scan": "circuitry.cli.scan",
     "paths": "circuitry.cli.paths",
+    "verify": "circuitry.cli.verify",
 }
 
 

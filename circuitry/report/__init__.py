@@ -1,0 +1,1 @@
+"""Renderings of reports: console (rich) and JSON. Renderers compute nothing."""
