@@ -15,11 +15,15 @@ twice, with masks built from positions (not from `TokenBatch.predictable`):
 `failures()` lists the conditions of an induction circuit that a model does
 not meet; `long_context()` shows where the previous-token heads give out on
 longer repeats; `k_composition()` removes the previous-token heads' outputs
-from the layer-1 heads' key (or query) input.
+from the layer-1 heads' key (or query) input; `k_composition_weights()` is the
+weight-based K-composition score of Elhage et al. from every layer-0 head to
+every layer-1 head, from full d_model x d_model products, and its ratio to the
+mean score of random matrices of the same shapes.
 
 Run as a script (`python tests/induction_checks.py [MODEL]`) it prints all
 measurements as JSON; circuitry/builtin/attn-only-2l/card.json holds them for
-the shipped model (evaluation.scores, long_context, k_composition).
+the shipped model (evaluation.scores, long_context, k_composition,
+k_composition_weights).
 """
 
 from __future__ import annotations
@@ -136,6 +140,39 @@ def k_composition(model, prev_heads: list[int], batch: int = 64, seq_len: int = 
     return out
 
 
+def _comp(W_A: torch.Tensor, W_B: torch.Tensor) -> torch.Tensor:
+    """||W_A W_B||_F / (||W_A||_F ||W_B||_F) over the last two dims: [..., d, d] x [..., d, d] -> [...]."""
+    return (W_A @ W_B).flatten(-2).norm(dim=-1) / (W_A.flatten(-2).norm(dim=-1) * W_B.flatten(-2).norm(dim=-1))
+
+
+def random_comp_scores(d_model: int, d_head: int, samples: int = 200, seed: int = 0) -> torch.Tensor:
+    """comp scores [samples] of W_A = A_l A_r^T and W_B = B_l B_r^T with Gaussian factors [d_model, d_head]."""
+    gen = torch.Generator().manual_seed(seed)
+    f = [torch.randn(samples, d_model, d_head, generator=gen) for _ in range(4)]  # A_l, A_r, B_l, B_r
+    return _comp(f[0] @ f[1].transpose(-1, -2), f[2] @ f[3].transpose(-1, -2))
+
+
+def k_composition_weights(model, samples: int = 200, seed: int = 0) -> dict:
+    """K-composition from each layer-0 head h1 to each layer-1 head h2 (row convention):
+    comp(W_OV[0, h1], W_QK[1, h2]^T) with W_OV = W_V W_O and W_QK = W_Q W_K^T, each d_model x d_model;
+    the baseline is the mean of `random_comp_scores` (about 1/sqrt(d_model)). Models without norms only."""
+    cfg = model.cfg
+    assert cfg.normalization is None and cfg.n_layers == 2, "raw weights are the effective ones only without norms"
+    with torch.no_grad():
+        W_Q, W_K, W_V, W_O = (model.W_Q.float(), model.W_K.float(), model.W_V.float(),
+                              model.W_O.float())  # [layer, head, d_model, d_head] (W_O: [layer, head, d_head, d_model])
+        W_OV = W_V[0] @ W_O[0]  # [head, d_model, d_model]
+        W_QK_T = W_K[1] @ W_Q[1].transpose(-1, -2)  # [head, d_model, d_model] = (W_Q W_K^T)^T
+        score = _comp(W_OV[:, None], W_QK_T[None, :])  # [h1, h2]
+    rand = random_comp_scores(cfg.d_model, cfg.d_head, samples, seed)  # [samples]
+    base = float(rand.mean())
+    table = lambda t: {f"L0H{a}": {f"L1H{b}": round(float(t[a, b]), 4) for b in range(cfg.n_heads)}  # noqa: E731
+                       for a in range(cfg.n_heads)}
+    return {"baseline": round(base, 4), "baseline_std": round(float(rand.std()), 4),
+            "baseline_samples": samples, "baseline_seed": seed,
+            "score": table(score), "ratio_to_baseline": table(score / base)}
+
+
 def failures(s: InductionScores) -> list[str]:
     """The induction conditions that `s` does not meet (empty: all three hold)."""
     out = []
@@ -159,4 +196,6 @@ if __name__ == "__main__":
     scores = measure(m, DATA["batch"], DATA["seq_len"], DATA["seed"]).as_dict()
     prev = [h for h in range(m.cfg.n_heads) if scores["prev_token"][f"L0H{h}"] >= PREV_MIN]
     print(json.dumps({"model": ref, "data": DATA, "scores": scores, "long_context": long_context(m),
-                      "k_composition": k_composition(m, prev)}, indent=2))
+                      "k_composition": k_composition(m, prev),
+                      "k_composition_each": {f"L0H{h}": k_composition(m, [h]) for h in prev},
+                      "k_composition_weights": k_composition_weights(m)}, indent=2))

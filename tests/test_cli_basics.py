@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 import circuitry
 from circuitry.cli import main
+from circuitry.model import ModelConfig
 
 BUILTIN = Path(circuitry.__file__).parent / "builtin" / "attn-only-2l"
 
@@ -87,7 +89,12 @@ def test_info_json_is_one_document(capsys):
     doc = json.loads(cap.out)  # fails on anything but exactly one JSON document
     assert doc["n_params"] == 45_184
     assert doc["source"] == "builtin:attn-only-2l"
-    assert doc["config"] == json.loads((BUILTIN / "config.json").read_text())
+    stored = json.loads((BUILTIN / "config.json").read_text())
+    assert {k: doc["config"][k] for k in stored} == stored
+    # fields newer than the stored config.json are reported with their ModelConfig defaults
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for k in doc["config"].keys() - stored.keys():
+        assert doc["config"][k] == defaults[k], k
 
 
 def test_info_of_a_path(capsys):

@@ -3,6 +3,7 @@ patterns and logits, and its model card (card.json, README.md) against fresh mea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 import circuitry
 from circuitry.data import repeated_tokens
 from circuitry.model import HookedTransformer
-from induction_checks import DATA, failures, k_composition, long_context, measure
+from circuitry.train import TrainRecipe
+from induction_checks import DATA, failures, k_composition, k_composition_weights, long_context, measure
 
 HERE = Path(circuitry.__file__).parent / "builtin" / "attn-only-2l"
 TOL = 0.01
@@ -79,12 +81,48 @@ def test_previous_token_heads_give_out_after_position_23(shipped):
 
 
 def test_induction_heads_k_compose_with_the_previous_token_heads(shipped, scores):
+    """Without the previous-token heads' outputs in their key input the induction heads lose (almost)
+    all their induction score; without them in the query input, or without the other layer-0 heads'
+    outputs in the key input, they keep most of it."""
     prev = [h for h in range(4) if scores.prev_token[0, h] >= 0.9]
+    others = [h for h in range(4) if h not in prev]
+    ind = [h for h in range(4) if scores.induction[1, h] >= 0.5]
+    assert prev and others and ind
     kc = k_composition(shipped, prev)
-    for h in range(4):
-        if scores.induction[1, h] >= 0.5:
-            assert kc["induction_without_in_k"][f"L1H{h}"] < 0.2
-            assert kc["induction_without_in_q"][f"L1H{h}"] > 0.5
+    control = k_composition(shipped, others)
+    for h in ind:
+        clean = float(scores.induction[1, h])
+        assert kc["induction_without_in_k"][f"L1H{h}"] < 0.2 * clean, (h, clean, kc)
+        assert kc["induction_without_in_q"][f"L1H{h}"] > 0.8 * clean, (h, clean, kc)
+        assert control["induction_without_in_k"][f"L1H{h}"] > 0.8 * clean, (h, clean, control)
+
+
+def test_k_composition_weights_single_out_the_previous_token_heads(shipped, scores):
+    """The weight-based K-composition from each previous-token head into each induction head is far
+    above random matrices (> baseline + 5 std), from the other layer-0 heads it is not (< + 3 std)."""
+    w = k_composition_weights(shipped)
+    base, std = w["baseline"], w["baseline_std"]
+    assert abs(base - 1 / math.sqrt(64)) < 0.01  # random rank-16 matrices in d_model 64
+    for a in range(4):
+        for b in range(4):
+            s = w["score"][f"L0H{a}"][f"L1H{b}"]
+            if scores.prev_token[0, a] >= 0.9 and scores.induction[1, b] >= 0.5:
+                assert s > base + 5 * std, (a, b, s, base, std)
+            elif scores.prev_token[0, a] < 0.5:
+                assert s < base + 3 * std, (a, b, s, base, std)
+
+
+def test_k_composition_weights_agree_with_the_composition_detector(shipped):
+    """induction_checks forms the d_model x d_model products; the detector plugin reduces them to
+    d_head x d_head through QR factors. Same scores, same seeded baseline."""
+    from circuitry_plugins.detectors.composition import composition_scores, random_baseline
+
+    w = k_composition_weights(shipped)
+    K = composition_scores(shipped)["K"]  # [layer, head, layer, head]
+    for a in range(4):
+        for b in range(4):
+            assert abs(w["score"][f"L0H{a}"][f"L1H{b}"] - float(K[0, a, 1, b])) < 2e-4, (a, b)
+    assert abs(w["baseline"] - random_baseline(64, 16)) < 2e-4
 
 
 # ---------------------------------------------------------------- the model card
@@ -93,7 +131,10 @@ def test_card_agrees_with_train_json(card, train_record):
         "circuitry train --steps 1500 --seed 0 --out circuitry/builtin/attn-only-2l"
     assert card["seed"] == train_record["recipe"]["seed"] == 0
     assert card["recipe"] == train_record["recipe"]
+    # the shipped model was trained with the current default recipe
+    assert train_record["recipe"] == json.loads(json.dumps(dataclasses.asdict(TrainRecipe(steps=1500, seed=0))))
     assert card["torch"] == train_record["torch"]
+    assert card["training_seconds"] == train_record["seconds"]
     assert card["final_training_loss"] == pytest.approx(train_record["final_loss"], abs=1e-4)
     losses = json.loads((HERE / "loss.json").read_text())["loss"]
     assert len(losses) == train_record["recipe"]["steps"] and losses[-1] == train_record["final_loss"]
@@ -126,7 +167,14 @@ def test_card_scores_agree_with_a_fresh_measurement(card, shipped):
     kc = card["k_composition"]
     fresh_kc = k_composition(shipped, [int(n[-1]) for n in kc["removed"]], data["batch"], data["seq_len"],
                              data["seed"])
+    fresh_kc["each_alone"] = {}
+    for n in kc["each_alone"]:
+        alone = k_composition(shipped, [int(n[-1])], data["batch"], data["seq_len"], data["seed"])
+        fresh_kc["each_alone"][n] = {k: v for k, v in alone.items() if k != "removed"}
     _close({k: v for k, v in kc.items() if k not in ("note", "data")}, fresh_kc, "k_composition")
+    kw = card["k_composition_weights"]
+    fresh_kw = k_composition_weights(shipped, kw["baseline_samples"], kw["baseline_seed"])
+    _close({k: v for k, v in kw.items() if k != "definition"}, fresh_kw, "k_composition_weights")
 
 
 def _table_row(readme: str, label: str) -> list[str]:
@@ -149,3 +197,23 @@ def test_readme_states_the_card(card, train_record):
         assert row[2:10] == [f"{scores[key][h]:.2f}" for h in heads], (label, row)
     assert _table_row(readme, "repeated half")[2] == f"{scores['loss_repeat']:.2f}"
     assert _table_row(readme, "first occurrences")[2].startswith(f"{scores['loss_fresh']:.2f}")
+    # recipe and training time
+    assert f"weight decay {train_record['recipe']['weight_decay']}" in readme
+    assert f"{train_record['seconds']:.0f} s" in readme
+    assert f"{card['final_training_loss']:.2f} nats" in readme
+    # weight-based K-composition: a row per layer-0 head, ratios to the baseline
+    ratio = card["k_composition_weights"]["ratio_to_baseline"]
+    for a in range(4):
+        row = _table_row(readme, f"L0H{a} ->")
+        assert row[1:5] == [f"{ratio[f'L0H{a}'][f'L1H{b}']:.2f}" for b in range(4)], row
+    assert f"{card['k_composition_weights']['baseline']:.3f}" in readme
+    # the ablations and the long-context caveat: every number the card holds for them appears in the text
+    kc, lc = card["k_composition"], card["long_context"]
+    ind = [h for h in heads[4:] if scores["induction"][h] >= 0.5]  # the induction heads
+    numbers = [kc[k][h] for k in ("induction_without_in_k", "induction_without_in_q") for h in ind]
+    numbers += [d["induction_without_in_k"][h] for d in kc["each_alone"].values() for h in ind]
+    numbers += [lc[k][h] for k in ("prev_token_before_split", "prev_token_from_split") for h in kc["removed"]]
+    numbers += [lc["loss_repeat_key_before_split"], lc["loss_repeat_key_from_split"]]
+    text = " ".join(readme.split())
+    missing = [x for x in numbers if f"{x:.2f}" not in text]
+    assert not missing, missing

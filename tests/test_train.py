@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import circuitry
 from circuitry.cli import main
 from circuitry.data import periodic_tokens
 from circuitry.model import HookedTransformer, load_model_file
 from circuitry.model.io import read_metadata
 from circuitry.train import TrainRecipe, train
-from induction_checks import failures, measure
+from induction_checks import failures, k_composition_weights, measure
+
+BUILTIN = Path(circuitry.__file__).parent / "builtin" / "attn-only-2l"
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +98,31 @@ def test_training_is_reproducible():
     assert not torch.equal(a["blocks.0.attn.W_Q"], c["blocks.0.attn.W_Q"])
 
 
+def test_weight_decay_is_the_adamw_decoupled_decay():
+    """After one step from the same start on the same batch, AdamW's update differs between weight
+    decay wd and 0 by exactly -lr * wd * (initial weights): the decay reaches the optimiser."""
+    recipe = TrainRecipe(steps=1, seed=4, batch=8)
+    assert recipe.weight_decay == 0.3
+    init = HookedTransformer(recipe.model_config(), seed=4).state_dict()
+    with_wd = train(recipe).model.state_dict()
+    without = train(dataclasses.replace(recipe, weight_decay=0.0)).model.state_dict()
+    for k, p0 in init.items():
+        expected = -recipe.lr * recipe.weight_decay * p0
+        assert torch.allclose(with_wd[k] - without[k], expected, rtol=1e-3, atol=1e-6), k
+    assert float((with_wd["embed.W_E"] - without["embed.W_E"]).abs().max()) > 1e-4  # not vacuous
+
+
+def test_weight_decay_option_is_recorded(tmp_path, capsys):
+    out = tmp_path / "wd"
+    assert main(["train", "--steps", "2", "--seed", "3", "--weight-decay", "0", "--out", str(out)]) == 0
+    record = json.loads((out / "train.json").read_text())
+    assert record["recipe"]["weight_decay"] == 0.0
+    assert record["command"] == f"circuitry train --steps 2 --seed 3 --out {out} --weight-decay 0.0"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--weight-decay" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--steps", "0"], "steps must be >= 1"),
     (["--d-model", "30"], "--d-model (30) must be a multiple of --heads (4)"),
@@ -116,3 +146,20 @@ def test_full_recipe_grows_induction_heads(tmp_path, capsys):
     assert failures(scores) == [], scores.as_dict()
     record = json.loads((out / "train.json").read_text())
     assert record["command"] == f"circuitry train --steps 1500 --seed 0 --out {out}"
+    # weight decay 0.3 gives K-composition from a previous-token head into an induction head well
+    # above the 1.5x random baseline measured for the recipe without it
+    prev = [h for h in range(4) if scores.prev_token[0, h] >= 0.9]
+    ind = [h for h in range(4) if scores.induction[1, h] >= 0.5]
+    ratio = k_composition_weights(model)["ratio_to_baseline"]
+    assert max(ratio[f"L0H{a}"][f"L1H{b}"] for a in prev for b in ind) > 1.7, ratio
+    # the same command made the shipped model: same recipe; with the same torch, the same weights up to
+    # float rounding (thread scheduling changes the order of float sums, so not bit for bit)
+    shipped_record = json.loads((BUILTIN / "train.json").read_text())
+    assert record["recipe"] == shipped_record["recipe"]
+    if torch.__version__ != shipped_record["torch"]:
+        pytest.skip(f"shipped model trained with torch {shipped_record['torch']}, this is {torch.__version__}")
+    shipped, fresh = load_model_file(BUILTIN).state_dict(), model.state_dict()
+    assert shipped.keys() == fresh.keys()
+    diff = max(float((shipped[k] - fresh[k]).abs().max()) for k in shipped)
+    assert diff < 1e-5, diff
+    assert record["final_loss"] == pytest.approx(shipped_record["final_loss"], abs=1e-4)
