@@ -1,0 +1,188 @@
+"""Running interventions: one at a time (naive) or many per forward pass (batched).
+
+Batched sweeps stack the clean batch once per intervention along the batch
+dimension (each copy carries its own intervention, applied to its rows only),
+split into chunks of at most `max_batch` rows, and start every chunk at the
+latest stage its copies allow: the cached clean residual there, repeated,
+plus the copies' start deltas (see `circuitry.interventions.plan`). Copies
+with different start stages never share a pass, so no copy computes a block
+it does not need. The metric is evaluated per copy on logits made from the
+final residual, so full logits for all copies are never held at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from circuitry.errors import UsageError
+from circuitry.interventions.plan import Context, collect, stage_layers
+from circuitry.interventions.records import (
+    Ablation, CleanRun, EdgePatch, Intervention, Metric, SweepResult, as_interventions, clean_run, parts_of,
+)
+
+RUN_METHODS = ("batched", "naive")
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of activations per forward pass
+
+
+def _needs_patterns(items: Iterable[Intervention]) -> bool:
+    return any(isinstance(p, Ablation) and p.preserve_patterns for it in items for p in parts_of(it))
+
+
+def _as_clean(model, clean: CleanRun | torch.Tensor, patterns: bool) -> CleanRun:
+    if isinstance(clean, CleanRun):
+        return clean
+    if isinstance(clean, torch.Tensor):
+        return clean_run(model, clean, patterns=patterns)
+    raise UsageError(f"clean must be a CleanRun or a token tensor [batch, pos], got {type(clean).__name__}")
+
+
+def _as_reference(model, reference: CleanRun | torch.Tensor | None) -> CleanRun | None:
+    if reference is None or isinstance(reference, CleanRun):
+        return reference
+    if isinstance(reference, torch.Tensor):
+        tokens = model.check_tokens(reference)
+        names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+        if not model.cfg.attn_only:
+            names += [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+        with torch.inference_mode():
+            logits, cache = model.run_with_cache(tokens, names=names)
+        return CleanRun(tokens, logits, cache)
+    raise UsageError(f"reference must be a CleanRun, a token tensor [batch, pos] or None, "
+                     f"got {type(reference).__name__}")
+
+
+def intervention_hooks(model, clean: CleanRun, intervention: Intervention,
+                       reference: CleanRun | torch.Tensor | None = None) -> list[tuple[str, object]]:
+    """Hooks that apply `intervention` to a full run of model on clean.tokens.
+
+    Use them with `model.run_with_hooks(clean.tokens, hooks)` or
+    `model.run_with_cache(clean.tokens, hooks=hooks)` under torch.inference_mode().
+    """
+    with torch.inference_mode():
+        ctx = Context(model, clean, _as_reference(model, reference))
+        return collect(ctx, [(slice(None), parts_of(intervention))], 0, None)
+
+
+def run_with_intervention(model, clean: CleanRun | torch.Tensor, intervention: Intervention,
+                          reference: CleanRun | torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [batch, pos, d_vocab] of one full run with `intervention` applied."""
+    with torch.inference_mode():
+        clean = _as_clean(model, clean, _needs_patterns([intervention]))
+        return model.run_with_hooks(clean.tokens, intervention_hooks(model, clean, intervention, reference))
+
+
+def default_max_batch(cfg, pos: int, budget: float = DEFAULT_MEMORY_BUDGET,
+                      per_head_inputs: bool = False) -> int:
+    """Rows per forward pass that fit `budget` bytes, by a rough estimate of a block's live activations.
+
+    Per row and position (float32): ~12 d_model (residual, normalised input, q/k/v, z, outputs),
+    3 d_mlp (pre, post, output), 3 head x pos (scores, pattern), and 2 head x d_model
+    when per-head Q/K/V inputs are materialised (edge patches).
+    """
+    per_pos = 12 * cfg.d_model + 3 * (cfg.d_mlp or 0) + 3 * cfg.n_heads * pos
+    if per_head_inputs:
+        per_pos += 2 * cfg.n_heads * cfg.d_model
+    return max(1, int(budget // (4 * pos * per_pos)))
+
+
+def _run_from_stage(model, tokens: torch.Tensor, resid: torch.Tensor, stage: int) -> torch.Tensor:
+    """The final residual [rows, pos, d_model] of a run that starts with `resid` at `stage`."""
+    L = model.cfg.n_layers
+    if stage == 2 * L:
+        return resid
+    layer, mid = divmod(stage, 2)
+    if mid:  # resume block `layer` at its MLP (sequential MLP models), as Block.forward does
+        block = model.blocks[layer]
+        resid = block.hook_resid_mid(resid)
+        mlp_out = block.hook_mlp_out(block.mlp(block.ln2(resid)))
+        resid = block.hook_resid_post(resid + mlp_out)
+        layer += 1
+        if layer == L:
+            return resid
+    return model(tokens, start_at_layer=layer, resid=resid, stop_at_layer=L)
+
+
+def _value(metric: Metric | None, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    if metric is None:
+        return logits
+    v = metric(logits, tokens)
+    return v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+
+
+def _chunks(idxs: list[int], per_chunk: int) -> list[list[int]]:
+    """Split into ceil(n / per_chunk) chunks of nearly equal size."""
+    n_chunks = math.ceil(len(idxs) / per_chunk)
+    size, extra = divmod(len(idxs), n_chunks)
+    out, start = [], 0
+    for c in range(n_chunks):
+        end = start + size + (1 if c < extra else 0)
+        out.append(idxs[start:end])
+        start = end
+    return out
+
+
+def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequence[Intervention],
+                      metric: Metric | None = None, *, reference: CleanRun | torch.Tensor | None = None,
+                      method: str = "batched", max_batch: int | None = None,
+                      memory_budget: float = DEFAULT_MEMORY_BUDGET) -> SweepResult:
+    """Run each intervention on the clean tokens and return its metric value (or logits).
+
+    clean: a CleanRun (shared with other callers) or tokens [batch, pos].
+    metric(logits [batch, pos, d_vocab], tokens [batch, pos]) -> float or tensor
+    (0-d or [batch]); None returns the logits of every intervention.
+    reference: tokens or a CleanRun for "mean" and "resample" (see records.METHODS).
+    method "batched" (default): copies stacked along the batch, at most
+    max_batch rows per pass (default: what fits memory_budget bytes), each
+    pass starting at its copies' common stage. "naive": one full forward
+    pass per intervention, all changes made by hooks (the reference).
+    Both give the same values up to float rounding.
+    """
+    if method not in RUN_METHODS:
+        raise UsageError(f"method must be one of {', '.join(RUN_METHODS)}, got {method!r}")
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise UsageError(f"max_batch must be a positive integer, got {max_batch!r}")
+    items = as_interventions(interventions)
+    with torch.inference_mode():
+        clean = _as_clean(model, clean, _needs_patterns(items))
+        ctx = Context(model, clean, _as_reference(model, reference))
+        tokens = clean.tokens
+        b, pos = tokens.shape
+        L = model.cfg.n_layers
+        values: list[torch.Tensor | None] = [None] * len(items)
+        parts = [parts_of(it) for it in items]
+        for p in parts:  # validate every intervention before running any
+            for part in p:
+                ctx.action(part)
+        n_passes, row_layers = 0, 0.0
+        if method == "naive":
+            for i, p in enumerate(parts):
+                hooks = collect(ctx, [(slice(None), p)], 0, None)
+                logits = model.run_with_hooks(tokens, hooks)
+                values[i] = _value(metric, logits, tokens)
+                n_passes += 1
+                row_layers += b * L
+        else:
+            stages = [min(ctx.action(part).stage for part in p) for p in parts]
+            if max_batch is None:
+                edges = any(isinstance(part, EdgePatch) and part.edge.kind != "direct" for p in parts for part in p)
+                max_batch = default_max_batch(model.cfg, pos, memory_budget, per_head_inputs=edges)
+            per_chunk = max(1, max_batch // b)
+            for stage in sorted(set(stages)):
+                group = [i for i, s in enumerate(stages) if s == stage]
+                for chunk in _chunks(group, per_chunk):
+                    n = len(chunk)
+                    resid = ctx.stage_resid(stage).repeat(n, 1, 1)  # [n * batch, pos, d_model]
+                    copies = [(slice(j * b, (j + 1) * b), parts[i]) for j, i in enumerate(chunk)]
+                    hooks = collect(ctx, copies, stage, resid)
+                    with model.hooks(hooks):
+                        final = _run_from_stage(model, tokens.repeat(n, 1), resid, stage)
+                    for (rows, _), i in zip(copies, chunk):
+                        logits = model.unembed_resid(model.ln_final(final[rows]))
+                        values[i] = _value(metric, logits, tokens)
+                    n_passes += 1
+                    row_layers += n * b * stage_layers(stage, L)
+    return SweepResult(items, tuple(values), n_passes, row_layers, method,  # type: ignore[arg-type]
+                       tuple(it.name for it in items))
