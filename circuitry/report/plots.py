@@ -1,0 +1,190 @@
+"""PNG plots with matplotlib (the optional `plot` extra, imported only when a plot is made).
+
+- `heatmaps_figure(grids)` / `figures_png(figures, path)`: attention patterns,
+  head-score grids and composition matrices of a `Figures`;
+- `loss_curve_figure(losses)` / `loss_curve_png(losses, path)`: `circuitry train`;
+- `phase_change_figure(steps, series)` / `phase_change_png(...)`: detector scores
+  across training checkpoints, with the loss on a second axis.
+
+Without matplotlib every entry point raises a UsageError with the install
+hint (the CLI's exit code 2). PNGs are written to a temporary file and
+renamed. Plots draw what they are given; they compute nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from circuitry.errors import UsageError
+from circuitry.figures import Figures, Grid
+from circuitry.report.colours import EDGE_COLOURS, MPL_DIVERGING, MPL_SEQUENTIAL, diverging
+
+INSTALL_HINT = "PNG output needs matplotlib: pip install 'circuitry[plot]'"
+
+
+def available() -> bool:
+    """Whether matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend, or a UsageError with the install hint."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    return plt
+
+
+def require() -> None:
+    """Fail early (before any model is loaded) when PNG output cannot be made."""
+    pyplot()
+
+
+def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` as PNG atomically and close it."""
+    plt = pyplot()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", facecolor="white")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ------------------------------------------------------------------ heatmaps
+def _draw_grid(ax, grid: Grid, annotate: bool) -> None:
+    from matplotlib.patches import Rectangle
+
+    lo, hi = grid.value_range
+    if diverging(grid.value_range):
+        m = max(-lo, hi)
+        lo, hi = -m, m
+    cmap = MPL_DIVERGING if diverging(grid.value_range) else MPL_SEQUENTIAL
+    rows = [[v if math.isfinite(v) else float("nan") for v in row] for row in grid.values]
+    im = ax.imshow(rows, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", aspect="equal")
+    n_r, n_c = grid.shape
+    small = max(n_r, n_c) <= 12
+    ax.set_xticks(range(n_c))
+    ax.set_yticks(range(n_r))
+    size = 9 if small else 7 if max(n_r, n_c) <= 32 else 5
+    ax.set_xticklabels(grid.col_labels, rotation=90 if not small or grid.kind == "attention" else 0, fontsize=size)
+    ax.set_yticklabels(grid.row_labels, fontsize=size)
+    ax.set_xlabel(grid.col_title, fontsize=9)
+    ax.set_ylabel(grid.row_title, fontsize=9)
+    ax.set_title(grid.head + (f" · {grid.role}" if grid.role else "") if grid.head else grid.title, fontsize=11)
+    if annotate:
+        for i, row in enumerate(grid.values):
+            for j, v in enumerate(row):
+                if math.isfinite(v):
+                    if diverging(grid.value_range):
+                        shade = abs(v) / hi if hi > 0 else 0
+                    else:
+                        shade = (v - lo) / (hi - lo) if hi > lo else 0
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if shade > 0.6 else "#1a1a1a")
+    for i, j in grid.highlight:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#ffb000", lw=2.2))
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def heatmaps_figure(grids: Sequence[Grid], title: str = "", columns: int | None = None):
+    """One panel per grid; small grids (head scores, composition) get their numbers written in."""
+    plt = pyplot()
+    if not grids:
+        raise UsageError("nothing to plot: no heatmaps")
+    n = len(grids)
+    cols = columns or min(n, 2 if max(max(g.shape) for g in grids) > 12 else 3)
+    rows = math.ceil(n / cols)
+    side = 5.2 if max(max(g.shape) for g in grids) > 12 else 3.6
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 0.6, side * rows + (0.5 if title else 0.1)),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k < n:
+            g = grids[k]
+            _draw_grid(ax, g, annotate=g.kind != "attention" and max(g.shape) <= 12)
+        else:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=12)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def figures_png(figures: Figures, path: str | Path) -> Path:
+    """The attention patterns of `figures` (or, without them, its score grids) as one PNG."""
+    grids = list(figures.patterns) or [*figures.head_scores, *figures.composition]
+    title = f"{figures.title} — {figures.model}" + (f" · {figures.data}" if figures.data else "")
+    return save_png(heatmaps_figure(grids, title=title), path)
+
+
+# ------------------------------------------------------------------ training curves
+def loss_curve_figure(losses: Sequence[float], title: str = "training loss"):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(range(1, len(losses) + 1), list(losses), lw=1.1, color="#2171b5")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve_png(losses: Sequence[float], path: str | Path, title: str = "training loss") -> Path:
+    return save_png(loss_curve_figure(losses, title), path)
+
+
+def phase_change_figure(steps: Sequence[int], series: Mapping[str, Sequence[float]],
+                        loss: Sequence[float] | None = None, thresholds: Mapping[str, float] | None = None,
+                        title: str = "detector scores across training"):
+    """One line per series (e.g. `induction L1H3`) over checkpoint steps; the loss on a second axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    palette = ["#2171b5", "#e66101", "#1b9e77", "#6a3d9a", "#c5221f", "#8c6d46", "#e7298a", "#666666"]
+    for k, (name, values) in enumerate(series.items()):
+        if len(values) != len(steps):
+            raise UsageError(f"series {name!r} has {len(values)} values for {len(steps)} steps")
+        ax.plot(list(steps), list(values), marker="o", ms=3, lw=1.5, color=palette[k % len(palette)], label=name)
+    for name, thr in (thresholds or {}).items():
+        ax.axhline(thr, ls="--", lw=0.8, color="#999999")
+        ax.text(steps[0] if steps else 0, thr, f" {name} {thr:g}", va="bottom", fontsize=7, color="#777777")
+    ax.set_xlabel("step")
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if loss is not None:
+        if len(loss) != len(steps):
+            raise UsageError(f"loss has {len(loss)} values for {len(steps)} steps")
+        ax2 = ax.twinx()
+        ax2.plot(list(steps), list(loss), lw=1.2, ls=":", color=EDGE_COLOURS["direct"], label="loss")
+        ax2.set_ylabel("loss (nats)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def phase_change_png(steps: Sequence[int], series: Mapping[str, Sequence[float]], path: str | Path,
+                     loss: Sequence[float] | None = None, thresholds: Mapping[str, float] | None = None,
+                     title: str = "detector scores across training") -> Path:
+    return save_png(phase_change_figure(steps, series, loss, thresholds, title), path)
