@@ -34,6 +34,9 @@ class ModelConfig:
     d_mlp: None for attention-only models.
     n_kv_heads: fewer key/value heads than query heads (grouped-query
     attention); None means one per query head.
+    attn_window: sliding-window attention (Mistral): each query attends to
+    at most this many most recent positions, itself included; None means
+    the full causal context.
     """
 
     n_layers: int
@@ -58,6 +61,7 @@ class ModelConfig:
     unembed_bias: bool = False
     tied_embeddings: bool = False
     attn_scale: float | None = None
+    attn_window: int | None = None
     bos_token_id: int | None = None
     name: str = "model"
 
@@ -84,6 +88,8 @@ class ModelConfig:
             rd = self.rotary_dim or self.d_head
             need(0 < rd <= self.d_head and rd % 2 == 0,
                  f"rotary_dim must be even and at most d_head ({self.d_head}), got {rd}")
+        need(self.attn_window is None or (isinstance(self.attn_window, int) and self.attn_window > 0),
+             f"attn_window must be a positive integer or null, got {self.attn_window!r}")
         need(self.bos_token_id is None or 0 <= self.bos_token_id < self.d_vocab,
              f"bos_token_id {self.bos_token_id} is outside the vocabulary (0..{self.d_vocab - 1})")
 

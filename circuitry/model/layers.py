@@ -129,6 +129,8 @@ class Attention(nn.Module):
         n = q.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.cfg.scale  # [batch, head, q, k]
         causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        if self.cfg.attn_window is not None:  # sliding window: q - k < attn_window
+            causal = causal.triu(1 - self.cfg.attn_window)
         scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))  # [batch, pos, head, d_head]

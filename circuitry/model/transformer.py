@@ -32,6 +32,7 @@ class HookedTransformer(nn.Module):
         super().__init__()
         self._build(cfg)
         self.source: str | None = None  # where the weights were loaded from
+        self.tokenizer = None  # a Hugging Face tokenizer when the model source provides one
         if seed is not None:
             self.init_weights(seed)
 
