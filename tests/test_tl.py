@@ -20,6 +20,7 @@ import torch
 
 from circuitry.cli import main
 from circuitry.errors import ModelLoadError
+from circuitry.model import HookedTransformer, ModelConfig
 from circuitry.sources import load_model
 
 
@@ -160,8 +161,9 @@ def test_tl_layout_variants_are_reparametrised_exactly(hf_built, tmp_path):
     assert _max_err(tl, hf_model, _tokens(4)) < 1e-4
 
 
-def test_tl_errors(hf_built, tmp_path, capsys):
-    model, _ = hf_built["gpt2"]
+def test_tl_errors(tmp_path, capsys):
+    model = HookedTransformer(ModelConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, d_vocab=100, n_ctx=32,
+                                          d_mlp=96, normalization="LN", act_fn="gelu_new"), seed=0)
     d = tmp_path / "m"
     d.mkdir()
     torch.save(_tl_state(model), d / "model.pt")
@@ -170,6 +172,7 @@ def test_tl_errors(hf_built, tmp_path, capsys):
         (d / "config.json").write_text(json.dumps(_tl_config(model.cfg, **extra)))
         return load_model(f"tl:{d}")
 
+    assert load_with().cfg.normalization == "LN"  # the checkpoint itself is fine
     with pytest.raises(ModelLoadError, match="positional_embedding_type 'shortformer' .*queries and keys only"):
         load_with(positional_embedding_type="shortformer")
     with pytest.raises(ModelLoadError, match=r"use_local_attn=True is not supported"):
