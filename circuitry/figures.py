@@ -315,9 +315,12 @@ def circuit_graph(spec: CircuitSpec, n_layers: int, heads: Mapping[str, torch.Te
 # ------------------------------------------------------------------ builders
 def figures_for_verification(spec: CircuitSpec, report: VerificationReport, model: HookedTransformer | None = None,
                              batch: TokenBatch | None = None, manager=None, index: int = 0,
-                             max_matrix_heads: int = 64) -> Figures:
+                             max_matrix_heads: int = 64, device: str | None = None) -> Figures:
     """The verification page: claims, circuit graph, patterns of the circuit's heads on
-    sequence `index` of the spec's data, head scores and composition matrices."""
+    sequence `index` of the spec's data, head scores and composition matrices.
+
+    Without `model`, the report's model is loaded (on `device`); without `batch`,
+    the spec's data is generated again (it is seeded, so it is the verified data)."""
     from circuitry.plugins import get_manager
     from circuitry.scan import run_detectors
 
@@ -325,7 +328,7 @@ def figures_for_verification(spec: CircuitSpec, report: VerificationReport, mode
     if model is None:
         from circuitry.sources import load_model
 
-        model = load_model(report.model)
+        model = load_model(report.model, device=device)
     if batch is None:
         from circuitry.datasets import make_batch
 

@@ -466,3 +466,29 @@ def test_figures_of_a_failing_spec_with_an_mlp_and_a_direct_edge():
     assert p.nodes == ["L0H1", "M0", "L1H0", "logits"]
     assert p.badge == "badge fail"
     assert remote_references(page) == []
+
+
+# ------------------------------------------------------------------ the commands' --html options
+def _has_option(command: str, option: str) -> bool:
+    from circuitry.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return option in sub.choices[command]._option_string_actions
+
+
+def test_verify_and_scan_write_html(tmp_path, capsys):
+    from circuitry.cli import main
+
+    if not (_has_option("verify", "--html") and _has_option("scan", "--html")):
+        pytest.skip("circuitry verify/scan have no --html option yet (circuitry/cli/verify.py, scan.py)")
+    page = tmp_path / "report.html"
+    assert main(["verify", str(SPEC), "--json", "--html", str(page)]) == 0
+    doc = json.loads(capsys.readouterr().out)  # stdout stays one JSON document
+    text = page.read_text()
+    for check in doc["checks"]:
+        assert f'data-check-id="{check["id"]}" data-kind="{check["kind"]}" data-value="{check["value"]!r}"' in text
+    assert text.count('data-kind="attention"') == 5 and remote_references(text) == []
+    scan_page = tmp_path / "scan.html"
+    assert main(["scan", "builtin:attn-only-2l", "--html", str(scan_page)]) == 0
+    assert 'data-grid="scores-induction"' in scan_page.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "scan.html"]
