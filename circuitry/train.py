@@ -130,22 +130,9 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
 
 def plot_losses(losses: list[float], path: str | Path) -> bool:
     """Write the loss curve as PNG when matplotlib is installed; False otherwise."""
-    try:
-        import matplotlib
+    from circuitry.report import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not plots.available():
         return False
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    plots.loss_curve_png(losses, path)
     return True

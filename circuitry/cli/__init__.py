@@ -22,6 +22,7 @@ COMMANDS = {
     "scan": "circuitry.cli.scan",
     "paths": "circuitry.cli.paths",
     "verify": "circuitry.cli.verify",
+    "show": "circuitry.cli.show",
 }
 
 

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detectors", default=None, metavar="A,B", help="only these detectors (comma-separated)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="composition edges shown per kind (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write a self-contained HTML page: head-score grids and composition matrices")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
     p.set_defaults(run=run)
 
@@ -32,6 +34,12 @@ def run(args: argparse.Namespace, out) -> int:
     model = load_model(args.model, device=args.device)
     batch = make_batch(model, args.data).to(model.device)
     result = scan(model, batch, names, model_ref=args.model)
+    if args.html:
+        from circuitry.figures import figures_for_scan
+        from circuitry.report.html import write_html
+
+        write_html(figures_for_scan(result), args.html)
+        out.info(f"wrote {args.html}")
     if args.json:
         out.json(result.to_json())
         return 0

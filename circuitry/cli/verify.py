@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="REF", help="check against this model instead of the spec's")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="per-node values and timings")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write a self-contained HTML report: claims, circuit graph, attention heatmaps")
     p.set_defaults(run=run)
 
 
@@ -23,6 +25,13 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.spec import load_spec
     from circuitry.verify import verify
 
+    if args.html:
+        from pathlib import Path
+
+        from circuitry.errors import UsageError
+
+        if not Path(args.html).resolve().parent.is_dir():
+            raise UsageError(f"--html {args.html}: no such directory {Path(args.html).parent}")
     specs = [load_spec(path) for path in args.specs]  # every spec is validated before any runs
     reports = []
     for spec in specs:
@@ -33,6 +42,13 @@ def run(args: argparse.Namespace, out) -> int:
                 out.print(line, markup=False)
             out.print(report_table(report, args.verbose))
             out.print(summary_line(report))
+    if args.html:
+        from circuitry.figures import figures_for_verification
+        from circuitry.report.html import write_html
+
+        write_html([figures_for_verification(spec, report, device=args.device)
+                    for spec, report in zip(specs, reports)], args.html)
+        out.info(f"wrote {args.html}")
     if args.json:
         if len(reports) == 1:
             out.json(reports[0].to_json())
