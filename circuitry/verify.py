@@ -69,6 +69,13 @@ class VerificationReport:
 
 
 # ------------------------------------------------------------------ helpers
+def _items(value: Any, path: tuple) -> list[tuple[Any, tuple]]:
+    """(item, its key path) for a value that is one item or a list of items."""
+    if isinstance(value, list):
+        return [(v, (*path, i)) for i, v in enumerate(value)]
+    return [(value, path)]
+
+
 def _head(name: str) -> tuple[int, int] | None:
     if name.startswith("L") and "H" in name:
         l, h = name[1:].split("H")
@@ -90,28 +97,29 @@ class _Verifier:
         self._metric_clean: dict[str, float] = {}
 
     # validation ---------------------------------------------------------
-    def check_node(self, name: str, path: tuple, allow: Iterable[str] = ("head", "mlp")) -> str:
+    def check_node(self, name: str, path: tuple, allow: Iterable[str] = ("head", "mlp"), at_key: bool = False) -> str:
         cfg = self.model.cfg
+        error = lambda message: self.spec.document.error(path, message, at_key=at_key)  # noqa: E731
         valid_heads = f"L0H0..L{cfg.n_layers - 1}H{cfg.n_heads - 1}"
         head = _head(name)
         if head is not None:
             l, h = head
             if "head" not in allow:
-                raise self.spec.error(path, f"{name} is a head; expected {' or '.join(allow)}")
+                raise error(f"{name} is a head; expected {' or '.join(allow)}")
             if not (0 <= l < cfg.n_layers and 0 <= h < cfg.n_heads):
-                raise self.spec.error(path, f"the model has no head {name}: it has heads {valid_heads} "
-                                            f"({cfg.n_layers} layers x {cfg.n_heads} heads)")
+                raise error(f"the model has no head {name}: it has heads {valid_heads} "
+                            f"({cfg.n_layers} layers x {cfg.n_heads} heads)")
             return name
         if name.startswith("M") and name[1:].isdigit():
             if "mlp" not in allow:
-                raise self.spec.error(path, f"{name} is an MLP; expected {' or '.join(allow)}")
+                raise error(f"{name} is an MLP; expected {' or '.join(allow)}")
             if cfg.attn_only:
-                raise self.spec.error(path, f"the model is attention-only: it has no MLP {name}")
+                raise error(f"the model is attention-only: it has no MLP {name}")
             if not 0 <= int(name[1:]) < cfg.n_layers:
-                raise self.spec.error(path, f"the model has no MLP {name}: it has M0..M{cfg.n_layers - 1}")
+                raise error(f"the model has no MLP {name}: it has M0..M{cfg.n_layers - 1}")
             return name
-        raise self.spec.error(path, f"{name!r} cannot be used here; expected a head ({valid_heads})"
-                                    + (" or an MLP" if "mlp" in allow else ""))
+        mlps = "" if cfg.attn_only or "mlp" not in allow else f" or an MLP (M0..M{cfg.n_layers - 1})"
+        raise error(f"{name!r} cannot be used here; expected a head ({valid_heads}){mlps}")
 
     def check_edge(self, edge: Edge, path: tuple) -> Edge:
         self.check_node(edge.sender, path)
@@ -128,7 +136,7 @@ class _Verifier:
 
     def validate_circuit(self) -> None:
         for node in self.spec.nodes:
-            self.check_node(node, ("circuit", "nodes", node))
+            self.check_node(node, ("circuit", "nodes", node), at_key=True)
         for i, edge in enumerate(self.spec.edges):
             self.check_edge(edge, ("circuit", "edges", i))
 
@@ -170,44 +178,58 @@ class _Verifier:
     # checks ---------------------------------------------------------------
     def nodes_for(self, check: Check, path: tuple) -> list[str]:
         if "nodes" in check.options:
-            nodes = as_list(check.options["nodes"])
-            return [self.check_node(n, (*path, "nodes")) for n in nodes]
-        role = check.options.get("role", check.options.get("detector"))
+            return [self.check_node(n, p) for n, p in _items(check.options["nodes"], (*path, "nodes"))]
+        key = "role" if "role" in check.options else "detector"
+        role = check.options[key]
         nodes = [n for n, r in self.spec.nodes.items() if r == role]
         if not nodes:
-            roles = sorted(set(self.spec.nodes.values()))
-            raise self.spec.error(path, f"no circuit node has role {role!r}{did_you_mean(str(role), roles)}; "
-                                        f"give nodes: [...] or role: (roles in the circuit: {', '.join(roles)})")
+            roles = sorted(set(self.spec.nodes.values()) - {""})
+            known = f"roles in the circuit: {', '.join(roles)}" if roles else "no circuit node has a role"
+            how = "" if key == "role" else " (a detector check without nodes: or role: checks the nodes with the " \
+                                             "detector's name as role)"
+            raise self.spec.error((*path, key), f"no circuit node has role {role!r}{did_you_mean(str(role), roles)}"
+                                                f"{how}; give nodes: [...] or role: ({known})")
         return nodes
 
-    def run_detector(self, check: Check) -> CheckResult:
+    def detector_nodes(self, check: Check) -> list[str]:
+        """The heads a detector check scores (validated against the model)."""
         path = check.path
         name = check.options["detector"]
         det = self.manager.detectors()[name]
         if det.kind != "head":
             raise self.spec.error((*path, "detector"), f"{name!r} scores pairs of heads; use a composition check")
         nodes = self.nodes_for(check, path)
-        for n in nodes:
+        for n, p in _items(check.options.get("nodes", nodes), (*path, "nodes")):
             if _head(n) is None:
-                raise self.spec.error((*path, "nodes"), f"{n}: detectors score heads, not {n}")
+                raise self.spec.error(p, f"{n}: detectors score heads, not {n}")
+        return nodes
+
+    def run_detector(self, check: Check) -> CheckResult:
+        name = check.options["detector"]
+        nodes = self.detector_nodes(check)
         scores = self.detector(name)
         values = {n: float(scores[_head(n)]) for n in nodes}
         _, exp = expectation_of(check)
         return _all_hold(check, f"{name}({', '.join(nodes)})", values, exp, str(exp))
 
-    def run_composition(self, check: Check) -> CheckResult:
+    def composition_edges(self, check: Check) -> list[Edge]:
+        """The head -> head edges a composition check scores (validated against the model)."""
         path = check.path
         if "edges" in check.options:
-            edges = [parse_edge(e) for e in as_list(check.options["edges"])]
+            items = [(parse_edge(e), p) for e, p in _items(check.options["edges"], (*path, "edges"))]
         else:
-            edges = [e for e in self.spec.edges if e.kind in ("Q", "K", "V")]
-            if not edges:
-                raise self.spec.error(path, "the circuit has no Q/K/V edges; give edges: [...]")
-        for e in edges:
-            self.check_edge(e, (*path, "edges"))
+            items = [(e, ("circuit", "edges", i)) for i, e in enumerate(self.spec.edges) if e.kind in ("Q", "K", "V")]
+            if not items:
+                raise self.spec.error((*path, "kind"), "the circuit has no Q/K/V edges to score; give edges: [...]")
+        edges = []
+        for e, p in items:
             if e.kind == "direct" or _head(e.sender) is None:
-                raise self.spec.error((*path, "edges"), f"{e}: composition scores are defined for head -> head "
-                                                        "Q/K/V edges")
+                raise self.spec.error(p, f"{e}: composition scores are defined for head -> head Q/K/V edges")
+            edges.append(self.check_edge(e, p))
+        return edges
+
+    def run_composition(self, check: Check) -> CheckResult:
+        edges = self.composition_edges(check)
         ps = self.detector("composition")
         key, exp = expectation_of(check)
         values, raw = {}, {}
@@ -226,10 +248,9 @@ class _Verifier:
         from circuitry.interventions import Combined
         from circuitry.interventions import Edge as IEdge
 
-        path = (*check.path, "target")
         record = self.manager.interventions()[check.options["intervention"]]
         parts = []
-        for t in as_list(check.options["target"]):
+        for t, path in _items(check.options["target"], (*check.path, "target")):
             if isinstance(t, dict) or "->" in str(t):
                 e = self.check_edge(parse_edge(t), path)
                 receiver = "logits" if e.kind == "direct" else e.receiver
@@ -249,8 +270,10 @@ class _Verifier:
 
         method_name = check.options.get("ablation", "mean")
         record = self.manager.interventions()[method_name]
-        nodes = [self.check_node(n, (*check.path, "nodes")) for n in
-                 as_list(check.options.get("nodes", list(self.spec.nodes)))]
+        if "nodes" in check.options:
+            nodes = [self.check_node(n, p) for n, p in _items(check.options["nodes"], (*check.path, "nodes"))]
+        else:
+            nodes = list(self.spec.nodes)  # checked by validate_circuit
         cfg = self.model.cfg
         every = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
         if not cfg.attn_only:
@@ -258,7 +281,8 @@ class _Verifier:
         outside = [n for n in every if n not in nodes]
         build = lambda ns: Combined(tuple(record.build(Node.parse(n)) for n in ns))  # noqa: E731
         if not outside:
-            raise self.spec.error(check.path, "the circuit holds every component; nothing is left to ablate")
+            raise self.spec.error((*check.path, "nodes") if "nodes" in check.options else ("circuit", "nodes"),
+                                  "the circuit holds every component; nothing is left to ablate")
         _ = Ablation  # the records built above are Ablation instances
         return nodes, build(every), build(outside)
 
@@ -289,6 +313,36 @@ def _timed(res: CheckResult, seconds: float) -> CheckResult:
 
 
 # ------------------------------------------------------------------ entry point
+def _check_device(device: str | None) -> None:
+    """A UsageError for a device torch does not know or this machine lacks."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r}: CUDA is not available here (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device!r}: MPS is not available here (use cpu)")
+
+
+def _spec_relative(spec: CircuitSpec) -> str:
+    """The spec's model reference; a relative path is looked up next to the spec file first."""
+    from pathlib import Path
+
+    from circuitry.sources import split_ref
+
+    scheme, rest = split_ref(spec.model)
+    if scheme == "file" and not Path(rest).is_absolute() and spec.file != "<string>":
+        beside = Path(spec.file).parent / rest
+        if beside.exists():
+            return str(beside)
+    return spec.model
+
 def _data_batch(spec: CircuitSpec, model: HookedTransformer, data: dict, key: str,
                 manager: PluginManager) -> TokenBatch:
     from circuitry.datasets import make_batch
@@ -317,6 +371,8 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
     if model is None:
         from circuitry.sources import load_model
 
+        _check_device(device)
+        ref = model_ref or _spec_relative(spec)  # the report names the model as loaded
         try:
             model = load_model(ref, device=device)
         except UsageError as exc:
@@ -336,8 +392,14 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
         # intervention-style checks: planned first, then one sweep per metric
         sweeps: dict[str, list[tuple[str, Any]]] = {}
         plans: dict[str, Any] = {}
-        for check in spec.checks:
-            if check.kind == "intervention":
+        for check in spec.checks:  # every check is validated against the model before any runs
+            if check.kind == "detector":
+                v.detector_nodes(check)
+            elif check.kind == "composition":
+                v.composition_edges(check)
+            elif check.kind == "decomposition":
+                _decomposition_plan(v, check)
+            elif check.kind == "intervention":
                 metric = check.options["metric"]
                 sweeps.setdefault(metric, []).append((check.id, v.intervention_of(check)))
             elif check.kind == "faithfulness":
@@ -408,22 +470,30 @@ def _faithfulness_result(v: _Verifier, check: Check, nodes: list[str], all_ablat
                         "metric_circuit_only": circuit_only})
 
 
-def _decomposition_result(v: _Verifier, check: Check) -> CheckResult:
-    from circuitry.graph import decompose
+def _decomposition_plan(v: _Verifier, check: Check) -> tuple[tuple[str, ...], Any]:
+    """(the validated path, the target: 'correct' or a token id) of a decomposition check."""
+    from circuitry.graph.paths import parse_path
 
-    path = as_list(check.options["path"])
-    if v._decomposition is None:
-        v._decomposition = decompose(v.model, v.batch.tokens)
-    dec = v._decomposition
     try:
-        key = dec.parse(tuple(path))
+        key = parse_path(tuple(as_list(check.options["path"])), v.model.cfg)
     except UsageError as exc:
         raise v.spec.error((*check.path, "path"), str(exc)) from None
     target = check.options.get("target", "correct")
     if target != "correct":
-        if not str(target).isdigit():
-            raise v.spec.error((*check.path, "target"), f"target must be 'correct' or a token id, got {target!r}")
-        target = int(target)
+        target = int(target)  # the schema admits 'correct', digits or an integer
+        if not 0 <= target < v.model.cfg.d_vocab:
+            raise v.spec.error((*check.path, "target"), f"target token {target} is not a token id of the model "
+                                                        f"(0..{v.model.cfg.d_vocab - 1})")
+    return key, target
+
+
+def _decomposition_result(v: _Verifier, check: Check) -> CheckResult:
+    from circuitry.graph import decompose
+
+    key, target = _decomposition_plan(v, check)
+    if v._decomposition is None:
+        v._decomposition = decompose(v.model, v.batch.tokens)
+    dec = v._decomposition
     try:
         proj = dec.project(target)
     except UsageError as exc:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, out) -> int:
             for line in report.header:
                 out.print(line, markup=False)
             out.print(report_table(report, args.verbose))
-            out.print(summary_line(report))
+            out.print(summary_line(report), soft_wrap=True)  # one line, so it can be grepped
     if args.html:
         from circuitry.figures import figures_for_verification
         from circuitry.report.html import write_html

@@ -17,13 +17,14 @@ def _fmt(value: float | None) -> str:
 def report_table(report, verbose: int = 0) -> Table:
     table = Table(title=f"{report.name}  ({report.spec})", title_justify="left",
                   caption=f"model {report.model} · data {report.data}", caption_justify="left")
-    table.add_column("check", style="bold")
-    table.add_column("claim")
-    table.add_column("measured", justify="right")
+    # ids and claims fold rather than end in '…' in narrow terminals: the id names the claim to fix
+    table.add_column("check", style="bold", overflow="fold")
+    table.add_column("claim", overflow="fold")
+    table.add_column("measured", justify="right", no_wrap=True)
     table.add_column("expected", justify="right")
-    table.add_column("result", justify="center")
+    table.add_column("result", justify="center", no_wrap=True)
     if verbose:
-        table.add_column("time", justify="right")
+        table.add_column("time", justify="right", no_wrap=True)
     for c in report.checks:
         result = "[bold green]pass[/]" if c.passed else "[bold red]FAIL[/]"
         row = [escape(c.id), escape(c.claim), _fmt(c.value), escape(c.expect), result]

@@ -20,9 +20,12 @@ _OPS = {
     "<": lambda v, x: v < x,
 }
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_CMP = re.compile(rf"^\s*(>=|<=|>|<)\s*({_NUM})\s*$")
-_EQ = re.compile(rf"^\s*==\s*({_NUM})\s*(?:(?:\+-|±)\s*({_NUM}))?\s*$")
-_RANGE = re.compile(rf"^\s*({_NUM})\s*\.\.\s*({_NUM})\s*$")
+_CMP_RE = rf"\s*(>=|<=|>|<)\s*({_NUM})\s*"
+_EQ_RE = rf"\s*==\s*({_NUM})\s*(?:(?:\+-|±)\s*({_NUM}))?\s*"
+_RANGE_RE = rf"\s*({_NUM})\s*\.\.\s*({_NUM})\s*"
+_CMP, _EQ, _RANGE = (re.compile(rf"^{r}$") for r in (_CMP_RE, _EQ_RE, _RANGE_RE))
+# every string form, for the JSON Schema (groups made non-capturing)
+PATTERN = "^(?:" + "|".join(r.replace("(?:", "(").replace("(", "(?:") for r in (_CMP_RE, _EQ_RE, _RANGE_RE)) + ")$"
 
 SYNTAX = "'>= X', '> X', '<= X', '< X', '== X +- TOL', 'A .. B', [A, B] or a number (meaning >= it)"
 
@@ -45,7 +48,8 @@ class Expectation:
         if self.op == "range":
             return self.a <= value <= self.b  # type: ignore[operator]
         if self.op == "==":
-            return abs(value - self.a) <= (self.b or 0.0)
+            tol = self.b or 0.0  # as bounds, so "== 1 +- 0.1" holds at 1.1 despite float rounding of 1.1 - 1
+            return self.a - tol <= value <= self.a + tol
         return _OPS[self.op](value, self.a)
 
     def __str__(self) -> str:
@@ -59,27 +63,38 @@ class Expectation:
         return str(self)
 
 
+def _finite(x: float, raw) -> float:
+    if not math.isfinite(x):
+        raise ExpectationError(f"expectation {raw!r}: bounds must be finite numbers, got {x}")
+    return x
+
+
 def parse_expectation(raw) -> Expectation:
     """Parse a string, number or two-element list into an `Expectation`."""
-    if isinstance(raw, bool):
+    if isinstance(raw, bool) or raw is None:
         raise ExpectationError(f"expected an expectation ({SYNTAX}), got {raw!r}")
     if isinstance(raw, (int, float)):
-        return Expectation(">=", float(raw))
+        return Expectation(">=", _finite(float(raw), raw))
     if isinstance(raw, list):
         if len(raw) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
-            lo, hi = float(raw[0]), float(raw[1])
+            lo, hi = _finite(float(raw[0]), raw), _finite(float(raw[1]), raw)
             if lo > hi:
                 raise ExpectationError(f"range [{lo:g}, {hi:g}] is empty: the lower bound is above the upper")
             return Expectation("range", lo, hi)
         raise ExpectationError(f"a range is a list of two numbers [low, high], got {raw!r}")
+    if isinstance(raw, dict):
+        raise ExpectationError(f"expected an expectation ({SYNTAX}), got a mapping {raw!r}")
     if not isinstance(raw, str):
-        raise ExpectationError(f"expected an expectation ({SYNTAX}), got {type(raw).__name__}")
+        raise ExpectationError(f"expected an expectation ({SYNTAX}), got {type(raw).__name__} {raw!r}")
     if m := _CMP.match(raw):
-        return Expectation(m.group(1), float(m.group(2)))
+        return Expectation(m.group(1), _finite(float(m.group(2)), raw))
     if m := _EQ.match(raw):
-        return Expectation("==", float(m.group(1)), float(m.group(2)) if m.group(2) else 0.0)
+        tol = float(m.group(2)) if m.group(2) else 0.0
+        if tol < 0:
+            raise ExpectationError(f"expectation {raw!r}: the tolerance after '+-' must not be negative")
+        return Expectation("==", _finite(float(m.group(1)), raw), _finite(tol, raw))
     if m := _RANGE.match(raw):
-        lo, hi = float(m.group(1)), float(m.group(2))
+        lo, hi = _finite(float(m.group(1)), raw), _finite(float(m.group(2)), raw)
         if lo > hi:
             raise ExpectationError(f"range {raw!r} is empty: the lower bound is above the upper")
         return Expectation("range", lo, hi)

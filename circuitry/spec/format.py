@@ -42,6 +42,7 @@ from circuitry.spec.schema import (
     Obj,
     Str,
     Tagged,
+    _type_name,
     to_json_schema,
     validate,
 )
@@ -72,10 +73,18 @@ EDGE_OBJ = Obj({
 })
 EDGE = AnyOf((EDGE_STR, EDGE_OBJ), doc="an edge")
 NODES = AnyOf((NODE, ListOf(NODE, min_items=1)), doc="one node or a list of nodes")
-DETECTORS = Str(dynamic=_plugin_names("circuitry_detectors"), doc="a detector plugin")
-METRICS = Str(dynamic=_plugin_names("circuitry_metrics"), doc="a metric plugin")
-INTERVENTIONS = Str(dynamic=_plugin_names("circuitry_interventions"), doc="an intervention plugin")
-DATASETS = Str(dynamic=_plugin_names("circuitry_datasets"), doc="a dataset plugin")
+DETECTORS = Str(dynamic=_plugin_names("circuitry_detectors"), what="detector",
+                doc="a detector (a plugin name; `circuitry plugins` lists them)")
+METRICS = Str(dynamic=_plugin_names("circuitry_metrics"), what="metric",
+              doc="a metric (a plugin name; `circuitry plugins` lists them)")
+INTERVENTIONS = Str(dynamic=_plugin_names("circuitry_interventions"), what="intervention",
+                    doc="an intervention (a plugin name; `circuitry plugins` lists them)")
+DATASETS = Str(dynamic=_plugin_names("circuitry_datasets"), what="dataset",
+               doc="a dataset (a plugin name; `circuitry plugins` lists them)")
+PATH_TERM = Str(pattern=rf"{NODE_RE}|direct|bias|remainder",
+                pattern_doc="a head L{layer}H{head}, an MLP M{layer}, direct, bias or remainder")
+TARGET = AnyOf((Str(pattern=r"correct|\d+", pattern_doc="'correct' or a token id"), Int(minimum=0)),
+               doc="the logit to explain: correct (the next token; default) or a token id")
 SCALAR = AnyOf((Str(), Num(), Bool()), doc="a parameter value")
 
 DATA = Obj({"name": Field(DATASETS, doc="the dataset plugin (default: repeated)")},
@@ -91,7 +100,8 @@ COMPOSITION_EXPECT = Obj({
 }, doc="exactly one of score, ratio_to_baseline")
 
 COMMON = {
-    "id": Field(Str(pattern=r"[A-Za-z0-9_.\-]+", pattern_doc="letters, digits, '_', '-', '.'"), required=True,
+    "id": Field(Str(pattern=r"[A-Za-z0-9_.\-]+", pattern_doc="an id made of letters, digits, '_', '-' and '.'"),
+                required=True,
                 doc="a unique name for the claim"),
     "description": Field(Str(), doc="what the claim means"),
 }
@@ -123,9 +133,10 @@ CHECKS = Tagged("kind", {
         "expect": Field(ExpectT(), required=True, doc="on the fraction of the metric recovered"),
     }, doc="fraction of the metric recovered by the circuit alone"),
     "decomposition": Obj({
-        "path": Field(AnyOf((NODE, ListOf(NODE, min_items=1))), required=True,
-                      doc="a path term: one head, or heads in increasing layers (a virtual head), or 'direct'"),
-        "target": Field(Str(), doc="correct (default) or a token id"),
+        "path": Field(AnyOf((PATH_TERM, ListOf(NODE, min_items=1))), required=True,
+                      doc="a path term: a head, an MLP, direct, bias, remainder, or [A, B]: two heads in "
+                          "increasing layers (a virtual head)"),
+        "target": Field(TARGET),
         "positions": Field(Str(choices=("predictable", "all")), doc="default: predictable"),
         "expect": Field(ExpectT(), required=True, doc="on the path's share of the target logit"),
     }, doc="a path's share of the target logit in the exact decomposition"),
@@ -140,7 +151,9 @@ SPEC_SCHEMA = Obj({
         "authors": Field(ListOf(Str())),
         "tags": Field(ListOf(Str())),
     }), required=True),
-    "model": Field(Str(doc="a model reference: builtin:NAME, a path, hf:NAME ..."), required=True),
+    "model": Field(Str(pattern=r"\S.*", pattern_doc="a model reference: builtin:NAME, a path, hf:NAME ...",
+                       doc="a model reference: builtin:NAME, a path (relative to the spec's directory, then to "
+                           "the working directory), hf:NAME ..."), required=True),
     "data": Field(DATA, doc="the data of the clean run (default: repeated)"),
     "reference_data": Field(DATA, doc="data for mean and resample ablations (default: data with seed + 1)"),
     "circuit": Field(Obj({
@@ -154,9 +167,13 @@ SPEC_SCHEMA = Obj({
 }, doc="a circuit hypothesis and the claims that test it")
 
 
-def json_schema() -> dict:
-    """The JSON Schema of specs, generated from SPEC_SCHEMA."""
-    out = to_json_schema(SPEC_SCHEMA)
+def json_schema(plugins: bool = False) -> dict:
+    """The JSON Schema of specs, generated from SPEC_SCHEMA.
+
+    Names of detectors, metrics, interventions and datasets are open strings
+    (plugins add names); `plugins=True` enumerates those installed now.
+    """
+    out = to_json_schema(SPEC_SCHEMA, plugins=plugins)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "circuitry/v1/CircuitSpec",
             "title": "circuitry circuit spec", **out}
 
@@ -243,16 +260,55 @@ def _semantics(doc: Document) -> CircuitSpec:
         if isinstance(expect, dict) and len(expect) != 1:
             raise doc.error(("checks", i, "expect"), f"give exactly one of {', '.join(_expect_keys(c['kind']))}")
         if c["kind"] == "detector" and "nodes" in opts and "role" in opts:
-            raise doc.error(("checks", i), "give nodes or role, not both")
+            raise doc.error(("checks", i, "role"), "give nodes or role, not both", at_key=True)
         checks.append(Check(c["id"], c["kind"], expect, opts, ("checks", i), c.get("description", "")))
     data_spec = dict(data.get("data", {"name": "repeated"}))
     data_spec.setdefault("name", "repeated")
-    ref = dict(data_spec)
-    ref.update(data.get("reference_data", {}))
-    if "reference_data" not in data:
-        ref["seed"] = int(data_spec.get("seed", 0)) + 1
+    _check_data_params(doc, "data", data_spec)
+    ref_raw = data.get("reference_data", {})
+    # the reference data is the data with the keys reference_data changes (unless it names another dataset)
+    ref = dict(ref_raw) if ref_raw.get("name", data_spec["name"]) != data_spec["name"] else {**data_spec, **ref_raw}
+    _check_data_params(doc, "reference_data" if "reference_data" in data else "data", ref)
+    if "reference_data" not in data and "seed" in _dataset_params(data_spec["name"]):
+        ref["seed"] = int(data_spec.get("seed", _dataset_params(data_spec["name"])["seed"])) + 1
     return CircuitSpec(data["metadata"]["name"], data["model"], data_spec, ref, nodes, tuple(edges), tuple(checks),
                        doc, data["metadata"].get("description", ""))
+
+
+def _dataset_params(name: str) -> dict:
+    """The parameters (name -> default) of the dataset plugin `name` (the schema checked the name)."""
+    from circuitry.plugins import get_manager
+
+    return dict(get_manager().datasets()[name].params)
+
+
+def _check_data_params(doc: Document, key: str, params: dict) -> None:
+    """Every parameter must be one the dataset plugin takes, of the type of its default."""
+    from circuitry.errors import did_you_mean
+
+    name = params["name"]
+    defaults = _dataset_params(name)
+    for k, v in params.items():
+        if k == "name":
+            continue
+        if k not in defaults:
+            valid = ", ".join(defaults) or "(none)"
+            raise doc.error((key, k), f"dataset {name!r} has no parameter {k!r}{did_you_mean(k, defaults)}; "
+                                      f"valid: {valid}", at_key=True)
+        default = defaults[k]
+        if isinstance(default, bool):
+            ok, what = isinstance(v, bool), "true or false"
+        elif isinstance(default, int):
+            ok, what = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif isinstance(default, float):
+            ok, what = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        elif isinstance(default, str):
+            ok, what = isinstance(v, str), "a string"
+        else:
+            ok, what = True, ""
+        if not ok:
+            raise doc.error((key, k), f"parameter {k!r} of dataset {name!r} must be {what} "
+                                      f"(default {default!r}), got {_type_name(v)} {v!r}")
 
 
 def _expect_keys(kind: str) -> list[str]:

@@ -73,6 +73,11 @@ class Document:
         return SpecError(self.key_mark(path) if at_key else self.mark(path), tuple(path), message)
 
 
+def _tag(tag: str) -> str:
+    """A tag as it is written in YAML: '!!python/object' for 'tag:yaml.org,2002:python/object'."""
+    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
 def _mark(file: str, m) -> Mark:
     return Mark(file, m.line + 1, m.column + 1)
 
@@ -91,17 +96,19 @@ class _Builder:
             raise SpecError(_mark(self.file, node.start_mark), path, f"document too large (over {MAX_NODES} values)")
         self.marks[path] = _mark(self.file, node.start_mark)
         if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:timestamp" and node.style is None:
+                return node.value  # an unquoted date (2024-01-01) stays the text it is
             if node.tag not in _SAFE_TAGS:
-                raise SpecError(self.marks[path], path, f"unsupported YAML tag {node.tag!r}: specs hold plain "
-                                "values only (strings, numbers, booleans, lists, mappings)")
+                raise SpecError(self.marks[path], path, f"unsupported YAML tag {_tag(node.tag)!r}: specs hold "
+                                "plain values only (strings, numbers, booleans, lists, mappings)")
             return self.constructor.construct_object(node, deep=True)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                raise SpecError(self.marks[path], path, f"unsupported YAML tag {node.tag!r}")
+                raise SpecError(self.marks[path], path, f"unsupported YAML tag {_tag(node.tag)!r}")
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
-                raise SpecError(self.marks[path], path, f"unsupported YAML tag {node.tag!r}")
+                raise SpecError(self.marks[path], path, f"unsupported YAML tag {_tag(node.tag)!r}")
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
                 kmark = _mark(self.file, key_node.start_mark)
@@ -120,19 +127,52 @@ class _Builder:
         raise SpecError(self.marks[path], path, "unsupported YAML node")  # pragma: no cover
 
 
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[object, str]:
+    """(the mark to report, a readable message) for a YAML syntax error."""
+    problem = exc.problem or exc.context or "malformed YAML"
+    context, cmark, pmark = exc.context or "", exc.context_mark, exc.problem_mark
+    where = lambda m: f"line {m.line + 1}, column {m.column + 1}"  # noqa: E731
+    if cmark is not None and context.startswith(("while parsing a flow sequence", "while parsing a flow mapping")):
+        opener = "[" if "sequence" in context else "{"
+        closer = "]" if opener == "[" else "}"
+        found = ("the end of the file" if "<stream end>" in problem
+                 else f"{problem.rsplit('got ', 1)[-1]} at {where(pmark)}")
+        return cmark, f"this '{opener}' is not closed: expected ',' or '{closer}' but found {found}"
+    if cmark is not None and context.startswith("while scanning a quoted scalar"):
+        return cmark, f"this quoted string is not closed ({problem} at {where(pmark)})"
+    if cmark is not None and context.startswith("while scanning a block scalar"):
+        return cmark, ("a value starting with '>' or '|' starts a YAML block of text here; quote it: "
+                       "expect: \">= 0.9\"")
+    if "'\\t'" in problem:  # PyYAML writes the character with repr()
+        return pmark, "a tab character here: indent YAML with spaces, not tabs"
+    if problem.startswith("mapping values are not allowed"):
+        return pmark, ("a ':' that YAML cannot read here: is this line indented wrongly, or does a value "
+                       "contain ': ' and need quotes?")
+    if problem.startswith("expected <block end>") or problem.startswith("expected <block mapping start>"):
+        return pmark, ("this line does not fit the indentation of the lines above (a list item '- ' and a "
+                       "key at the same level, or a wrong indentation?)")
+    if problem.startswith("but found another document"):
+        return pmark, "a spec file holds one YAML document, but a second one starts here ('---')"
+    return pmark or cmark, problem
+
+
 def load_document(text: str, file: str = "<string>") -> Document:
     """Parse YAML text into a `Document`; errors carry file:line:col."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = _mark(file, mark) if mark else None
-        problem = exc.problem or exc.context or "malformed YAML"
-        raise SpecError(where, (), f"invalid YAML: {problem}") from None
+        mark, problem = _yaml_problem(exc)
+        raise SpecError(_mark(file, mark) if mark else None, (), f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        mark = Mark(file, before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        raise SpecError(mark, (), f"invalid YAML: character #x{exc.character:04x} is not allowed "
+                                  f"({exc.reason})") from None
     except yaml.YAMLError as exc:
         raise SpecError(Mark(file, 1, 1), (), f"invalid YAML: {exc}") from None
     if node is None:
-        raise SpecError(Mark(file, 1, 1), (), "the file is empty")
+        raise SpecError(Mark(file, 1, 1), (), "the file is empty (expected a circuit spec: "
+                                              "apiVersion, kind, metadata, model, circuit, checks)")
     builder = _Builder(file)
     try:
         data = builder.build(node, ())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from circuitry.errors import did_you_mean
+from circuitry.spec.expect import PATTERN as EXPECT_PATTERN
 from circuitry.spec.expect import SYNTAX, ExpectationError, parse_expectation
 from circuitry.spec.loader import Document, Path_
 
@@ -27,6 +28,7 @@ class Str:
     dynamic: Choices | None = None  # e.g. registered detector names
     pattern: str | None = None
     pattern_doc: str = ""
+    what: str = "value"  # in messages: "unknown detector 'x'"
 
 
 @dataclass(frozen=True)
@@ -101,23 +103,44 @@ def _type_name(value: Any) -> str:
             dict: "mapping"}.get(type(value), type(value).__name__)
 
 
-def _describe(schema: Any) -> str:
+def _accepts_type(schema: Any, value: Any) -> bool:
+    """Whether `schema` is made for values of this type (so its error is the one to report)."""
+    if isinstance(schema, AnyOf):
+        return any(_accepts_type(o, value) for o in schema.options)
+    if isinstance(schema, ExpectT):
+        return not isinstance(value, dict)
+    types = {Str: str, Int: int, Num: (int, float), Bool: bool, Obj: dict, Tagged: dict, MapOf: dict,
+             ListOf: list}
+    if isinstance(value, bool) and not isinstance(schema, Bool):
+        return False
+    return isinstance(value, types.get(type(schema), ()))
+
+
+def _describe(schema: Any, value: Any = None) -> str:
+    """What `schema` expects, in words; for an AnyOf, only the options made for `value`'s type, if any."""
+    if isinstance(schema, AnyOf):
+        fits = [o for o in schema.options if _accepts_type(o, value)] or list(schema.options)
+        return " or ".join(_describe(o, value) for o in fits)
     if isinstance(schema, Str):
-        return "a string" + (f" ({schema.pattern_doc})" if schema.pattern_doc else "")
+        if schema.pattern_doc:
+            return schema.pattern_doc
+        return f"a {schema.what} name" if schema.what != "value" else "a string"
     return {Int: "an integer", Num: "a number", Bool: "true or false", ExpectT: f"an expectation ({SYNTAX})",
             Obj: "a mapping", ListOf: "a list", MapOf: "a mapping", Tagged: "a mapping"}.get(type(schema), "a value")
 
 
-def _check_str(doc: Document, path: Path_, value: Any, schema: Str) -> None:
+def _check_str(doc: Document, path: Path_, value: Any, schema: Str, at_key: bool = False) -> None:
     import re
 
     if not isinstance(value, str):
-        raise doc.error(path, f"expected {_describe(schema)}, got {_type_name(value)} {value!r}")
+        raise doc.error(path, f"expected {_describe(schema)}, got {_type_name(value)} {value!r}", at_key=at_key)
     choices = list(schema.choices or ()) or (schema.dynamic() if schema.dynamic else [])
     if (schema.choices or schema.dynamic) and value not in choices:
-        raise doc.error(path, f"unknown value {value!r}{did_you_mean(value, choices)}; valid: {', '.join(choices)}")
+        raise doc.error(path, f"unknown {schema.what} {value!r}{did_you_mean(value, choices)}; "
+                              f"valid: {', '.join(choices) or '(none registered)'}", at_key=at_key)
     if schema.pattern and not re.fullmatch(schema.pattern, value):
-        raise doc.error(path, f"expected {schema.pattern_doc or 'a string matching ' + schema.pattern}, got {value!r}")
+        raise doc.error(path, f"expected {schema.pattern_doc or 'a string matching ' + schema.pattern}, "
+                              f"got {value!r}", at_key=at_key)
 
 
 def validate(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) -> None:
@@ -150,9 +173,9 @@ def validate(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) ->
         if schema.key not in value:
             raise doc.error(path, f"missing required key {schema.key!r} (one of: {', '.join(schema.variants)})")
         tag = value[schema.key]
-        if tag not in schema.variants:
-            raise doc.error((*path, schema.key), f"unknown {schema.key} {tag!r}{did_you_mean(str(tag), schema.variants)}; "
-                            f"valid: {', '.join(schema.variants)}")
+        if not isinstance(tag, str) or tag not in schema.variants:
+            raise doc.error((*path, schema.key), f"unknown {schema.key} {tag!r}"
+                            f"{did_you_mean(str(tag), schema.variants)}; valid: {', '.join(schema.variants)}")
         variant = schema.variants[tag]
         fields = {**schema.common, schema.key: Field(Str(), required=True), **variant.fields}
         _validate_obj(doc, path, value, fields, variant.extra)
@@ -168,7 +191,7 @@ def validate(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) ->
             raise doc.error(path, f"expected a mapping, got {_type_name(value)} {value!r}")
         for k, v in value.items():
             if schema.key is not None:
-                _check_str(doc, (*path, k), k, schema.key)
+                _check_str(doc, (*path, k), k, schema.key, at_key=True)
             validate(doc, schema.value, v, (*path, k))
     elif isinstance(schema, AnyOf):
         errors = []
@@ -178,14 +201,11 @@ def validate(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) ->
                 return
             except Exception as exc:  # noqa: BLE001 - collect, report the most specific
                 errors.append(exc)
-        # a mapping value: report the mapping option's error (the most specific)
-        for option, exc in zip(schema.options, errors):
-            if isinstance(value, dict) and isinstance(option, (Obj, Tagged, MapOf)):
-                raise exc
-            if isinstance(value, list) and isinstance(option, ListOf):
-                raise exc
-        raise doc.error(path, f"expected {' or '.join(_describe(o) for o in schema.options)}, "
-                              f"got {_type_name(value)} {value!r}")
+        # report the error of the one option made for this type of value (the most specific)
+        fitting = [exc for option, exc in zip(schema.options, errors) if _accepts_type(option, value)]
+        if len(fitting) == 1:
+            raise fitting[0]
+        raise doc.error(path, f"expected {_describe(schema, value)}, got {_type_name(value)} {value!r}")
     else:  # pragma: no cover
         raise TypeError(f"unknown schema type {schema!r}")
 
@@ -205,12 +225,16 @@ def _validate_obj(doc: Document, path: Path_, value: Any, fields: Mapping[str, F
 
 
 # ------------------------------------------------------------------ JSON Schema
-def to_json_schema(schema: Any, doc: str = "") -> dict:
-    """The JSON Schema (draft 2020-12) equivalent of `schema`."""
+def to_json_schema(schema: Any, doc: str = "", plugins: bool = False) -> dict:
+    """The JSON Schema (draft 2020-12) equivalent of `schema`.
+
+    Names that plugins register (`Str(dynamic=...)`) stay open strings unless
+    `plugins` is true: then they are enumerated from the plugins installed now.
+    """
     out: dict[str, Any]
     if isinstance(schema, Str):
         out = {"type": "string"}
-        choices = list(schema.choices or ()) or (schema.dynamic() if schema.dynamic else [])
+        choices = list(schema.choices or ()) or (schema.dynamic() if schema.dynamic and plugins else [])
         if choices:
             out["enum"] = choices
         if schema.pattern:
@@ -224,34 +248,33 @@ def to_json_schema(schema: Any, doc: str = "") -> dict:
     elif isinstance(schema, Bool):
         out = {"type": "boolean"}
     elif isinstance(schema, ExpectT):
-        num = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
         out = {"anyOf": [
             {"type": "number"},
-            {"type": "string", "pattern": rf"^\s*(?:(?:>=|<=|>|<)\s*{num}|==\s*{num}(?:\s*(?:\+-|±)\s*{num})?|{num}\s*\.\.\s*{num})\s*$"},
+            {"type": "string", "pattern": EXPECT_PATTERN},
             {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
         ]}
     elif isinstance(schema, Obj):
-        out = _obj_schema(schema.fields, schema.extra)
+        out = _obj_schema(schema.fields, schema.extra, plugins)
     elif isinstance(schema, Tagged):
         variants = []
         for tag, variant in schema.variants.items():
             fields = {**schema.common, schema.key: Field(Str(choices=(tag,)), required=True), **variant.fields}
-            v = _obj_schema(fields, variant.extra)
+            v = _obj_schema(fields, variant.extra, plugins)
             v["properties"][schema.key] = {"const": tag}
             if variant.doc:
                 v["description"] = variant.doc
             variants.append(v)
         out = {"oneOf": variants}
     elif isinstance(schema, ListOf):
-        out = {"type": "array", "items": to_json_schema(schema.item)}
+        out = {"type": "array", "items": to_json_schema(schema.item, plugins=plugins)}
         if schema.min_items:
             out["minItems"] = schema.min_items
     elif isinstance(schema, MapOf):
-        out = {"type": "object", "additionalProperties": to_json_schema(schema.value)}
+        out = {"type": "object", "additionalProperties": to_json_schema(schema.value, plugins=plugins)}
         if schema.key is not None:
-            out["propertyNames"] = to_json_schema(schema.key)
+            out["propertyNames"] = to_json_schema(schema.key, plugins=plugins)
     elif isinstance(schema, AnyOf):
-        out = {"anyOf": [to_json_schema(o) for o in schema.options]}
+        out = {"anyOf": [to_json_schema(o, plugins=plugins) for o in schema.options]}
     else:  # pragma: no cover
         raise TypeError(f"unknown schema type {schema!r}")
     description = doc or getattr(schema, "doc", "")
@@ -260,10 +283,10 @@ def to_json_schema(schema: Any, doc: str = "") -> dict:
     return out
 
 
-def _obj_schema(fields: Mapping[str, Field], extra: Any) -> dict:
+def _obj_schema(fields: Mapping[str, Field], extra: Any, plugins: bool) -> dict:
     return {
         "type": "object",
-        "properties": {k: to_json_schema(f.type, f.doc) for k, f in fields.items()},
+        "properties": {k: to_json_schema(f.type, f.doc, plugins) for k, f in fields.items()},
         "required": [k for k, f in fields.items() if f.required],
-        "additionalProperties": False if extra is None else to_json_schema(extra),
+        "additionalProperties": False if extra is None else to_json_schema(extra, plugins=plugins),
     }
