@@ -382,3 +382,22 @@ def test_hub_download_flow(hf_models, tmp_path, monkeypatch):
         assert float((model(tokens) - hf_model(tokens).logits).abs().max()) < 1e-4
     with pytest.raises(ModelLoadError, match=r"^hf:org/missing: no such model or revision on the hub"):
         load_model("hf:org/missing")
+
+
+def test_spec_with_a_list_of_prompts_and_no_dataset_name(hf_models, tmp_path, capsys):
+    """`data: {text: [...]}`: a YAML list of prompts; the dataset name `text` is implied."""
+    directory, hf_model = hf_models["gpt2"]
+    listed = SPEC.replace('''  name: text
+  text: "w1 w2 w3 w4 w1 w2 w3 w4 | w5 w6 w7 w8 w5 w6 w7 w8 | w9 w10 w11 w12 w9 w10 w11 w12"
+  separator: "|"''', '''  text:
+    - w1 w2 w3 w4 w1 w2 w3 w4
+    - w5 w6 w7 w8 w5 w6 w7 w8''')
+    assert listed != SPEC
+    spec = tmp_path / "list.yaml"
+    spec.write_text(listed.format(model=directory))
+    assert main(["verify", str(spec), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["data"] == "text (2 prompts x 9 tokens)"
+    tokens = torch.tensor([[0] + word_ids(f"w{a} w{a + 1} w{a + 2} w{a + 3}") * 2 for a in (1, 5)])
+    prev, _ = reference_scores(hf_patterns(hf_model, tokens)[1], tokens)
+    assert abs(doc["checks"][0]["value"] - float(prev[0, 1])) < 1e-5

@@ -85,9 +85,9 @@ PATH_TERM = Str(pattern=rf"{NODE_RE}|direct|bias|remainder",
                 pattern_doc="a head L{layer}H{head}, an MLP M{layer}, direct, bias or remainder")
 TARGET = AnyOf((Str(pattern=r"correct|\d+", pattern_doc="'correct' or a token id"), Int(minimum=0)),
                doc="the logit to explain: correct (the next token; default) or a token id")
-SCALAR = AnyOf((Str(), Num(), Bool()), doc="a parameter value")
+SCALAR = AnyOf((Str(), Num(), Bool(), ListOf(Str())), doc="a parameter value (a list of strings for text prompts)")
 
-DATA = Obj({"name": Field(DATASETS, doc="the dataset plugin (default: repeated)")},
+DATA = Obj({"name": Field(DATASETS, doc="the dataset plugin (default: repeated, or text when text is given)")},
            extra=SCALAR, doc="a dataset plugin and its parameters")
 CHANGE = Obj({
     "change": Field(ExpectT(), doc="metric(intervened) - metric(clean)"),
@@ -263,7 +263,7 @@ def _semantics(doc: Document) -> CircuitSpec:
             raise doc.error(("checks", i, "role"), "give nodes or role, not both", at_key=True)
         checks.append(Check(c["id"], c["kind"], expect, opts, ("checks", i), c.get("description", "")))
     data_spec = dict(data.get("data", {"name": "repeated"}))
-    data_spec.setdefault("name", "repeated")
+    data_spec.setdefault("name", "text" if "text" in data_spec else "repeated")
     _check_data_params(doc, "data", data_spec)
     ref_raw = data.get("reference_data", {})
     # the reference data is the data with the keys reference_data changes (unless it names another dataset)
