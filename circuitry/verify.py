@@ -362,6 +362,22 @@ def _data_batch(spec: CircuitSpec, model: HookedTransformer, data: dict, key: st
         raise spec.error((key,), str(exc)) from None
 
 
+def load_spec_model(spec: CircuitSpec, model_ref: str | None = None,
+                    device: str | None = None) -> tuple[HookedTransformer, str]:
+    """The spec's model (or `model_ref`) and the reference it was loaded from; load errors
+    of the spec's own `model:` point at that line."""
+    from circuitry.sources import load_model
+
+    _check_device(device)
+    ref = model_ref or _spec_relative(spec)  # the report names the model as loaded
+    try:
+        return load_model(ref, device=device), ref
+    except UsageError as exc:
+        if model_ref:
+            raise
+        raise spec.error(("model",), str(exc)) from None
+
+
 def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref: str | None = None,
            device: str | None = None, manager: PluginManager | None = None) -> VerificationReport:
     """Check every claim of `spec`; `model` / `model_ref` override the spec's model."""
@@ -369,16 +385,7 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
     manager = manager or get_manager()
     ref = model_ref or spec.model
     if model is None:
-        from circuitry.sources import load_model
-
-        _check_device(device)
-        ref = model_ref or _spec_relative(spec)  # the report names the model as loaded
-        try:
-            model = load_model(ref, device=device)
-        except UsageError as exc:
-            if model_ref:
-                raise
-            raise spec.error(("model",), str(exc)) from None
+        model, ref = load_spec_model(spec, model_ref, device)
     model.eval()
     with torch.inference_mode():
         batch = _data_batch(spec, model, spec.data, "data", manager)

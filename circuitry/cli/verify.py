@@ -33,10 +33,14 @@ def run(args: argparse.Namespace, out) -> int:
         if not Path(args.html).resolve().parent.is_dir():
             raise UsageError(f"--html {args.html}: no such directory {Path(args.html).parent}")
     specs = [load_spec(path) for path in args.specs]  # every spec is validated before any runs
-    reports = []
+    from circuitry.verify import load_spec_model
+
+    reports, models = [], []
     for spec in specs:
-        report = verify(spec, model_ref=args.model, device=args.device)
+        model, ref = load_spec_model(spec, args.model, args.device)
+        report = verify(spec, model=model, model_ref=ref)
         reports.append(report)
+        models.append(model if args.html else None)  # kept for the HTML figures only
         if not args.json:
             for line in report.header:
                 out.print(line, markup=False)
@@ -46,8 +50,8 @@ def run(args: argparse.Namespace, out) -> int:
         from circuitry.figures import figures_for_verification
         from circuitry.report.html import write_html
 
-        write_html([figures_for_verification(spec, report, device=args.device)
-                    for spec, report in zip(specs, reports)], args.html)
+        write_html([figures_for_verification(spec, report, model=model)
+                    for spec, report, model in zip(specs, reports, models)], args.html)
         out.info(f"wrote {args.html}")
     if args.json:
         if len(reports) == 1:
