@@ -1,8 +1,14 @@
 """Standard model sources: `builtin:NAME` (models shipped in the package) and paths
 to safetensors checkpoints (a directory with model.safetensors + config.json,
-or a single .safetensors file)."""
+or a single .safetensors file).
+
+A shipped model saved in Hugging Face format (its config.json has a
+`model_type`) is converted through the `hf:` source, which needs the `hf` extra.
+"""
 
 from __future__ import annotations
+
+import json
 
 from circuitry import hookimpl
 from circuitry.errors import ModelLoadError, unknown_name
@@ -11,10 +17,21 @@ from circuitry.records import ModelSource
 from circuitry.sources import builtin_models
 
 
+def _is_hf_dir(path) -> bool:
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _load_builtin(name: str, device=None):
     models = builtin_models()
     if name not in models:
         raise ModelLoadError(unknown_name("builtin model", name, models))
+    if _is_hf_dir(models[name]):
+        from circuitry.sources import load_model
+
+        return load_model(f"hf:{models[name]}", device=device)
     return load_model_file(models[name], device=device)
 
 
