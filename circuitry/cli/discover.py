@@ -1,0 +1,95 @@
+"""`circuitry discover MODEL`: find a task's circuit by batched ablation sweeps and write it as a spec."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from circuitry.discovery import DEFAULT_MARGIN, DEFAULT_ROLE_THRESHOLD, DEFAULT_TARGET, DEFAULT_TASK
+
+    p = sub.add_parser("discover", help="find a task's circuit and write it as a spec",
+                       description="Score every head with the detectors, prune components and then Q/K/V edges "
+                                   "by greedy rounds of batched mean-ablation / path-patching sweeps while the "
+                                   "circuit recovers at least --target of the task metric, assign roles, and "
+                                   "write a v1 spec whose thresholds are the measured values with a margin.")
+    p.add_argument("model", metavar="MODEL", help="model reference: builtin:NAME, a path, hf:NAME ...")
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task plugin (default {DEFAULT_TASK})")
+    p.add_argument("--data", default=None, metavar="REF",
+                   help="data NAME[:key=value,...] instead of the task's (parameters of the task's own dataset "
+                        "override its settings)")
+    p.add_argument("--out", default=None, metavar="SPEC.yaml", help="write the spec here (atomically)")
+    p.add_argument("--json", action="store_true", help="print the circuit as one JSON document")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"threshold margin: bounds at v - m|v| (default {DEFAULT_MARGIN})")
+    p.add_argument("--target", type=float, default=DEFAULT_TARGET,
+                   help=f"fraction of the task metric the circuit must recover (default {DEFAULT_TARGET})")
+    p.add_argument("--role-threshold", type=float, default=DEFAULT_ROLE_THRESHOLD,
+                   help=f"detector score that gives a head its role (default {DEFAULT_ROLE_THRESHOLD})")
+    p.add_argument("--sweeps", choices=("batched", "naive"), default="batched",
+                   help="batched sweeps (default) or one forward pass per intervention")
+    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, out) -> int:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from circuitry.discovery import discover, resolve_task, write_spec
+    from circuitry.errors import UsageError
+    from circuitry.sources import load_model
+
+    resolve_task(args.task)  # an unknown task fails before the model loads
+    if not 0 <= args.margin < 1:
+        raise UsageError(f"--margin must lie in [0, 1), got {args.margin}")
+    if not 0 < args.target <= 1:
+        raise UsageError(f"--target must lie in (0, 1], got {args.target}")
+    model = load_model(args.model, device=args.device)
+    with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
+                  console=out.err, transient=True) as progress:
+        task = progress.add_task("loading", total=None)
+        circuit = discover(model, args.task, args.data, target=args.target, margin=args.margin,
+                           role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
+                           progress=lambda message: progress.update(task, description=message))
+    if args.out:
+        write_spec(circuit, args.out)
+    if args.json:
+        out.json({**circuit.to_json(), "spec": args.out})
+        return 0
+    render(circuit, out)
+    if args.out:
+        out.print(f"spec written to {args.out}  (check it: circuitry verify {args.out})")
+    else:
+        out.print("[dim]spec (write it with --out SPEC.yaml):[/]")
+        out.print(circuit.spec_text, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def render(circuit, out) -> None:
+    from rich.table import Table
+
+    def pct(x):
+        return "—" if x is None or x != x else f"{100 * x:.1f}%"
+
+    nodes = Table(title=f"circuit of task {circuit.task!r} in {circuit.model}", title_justify="left")
+    for col in ("node", "role", "previous_token", "induction", "effect"):
+        nodes.add_column(col, justify="left" if col in ("node", "role") else "right")
+    for n in circuit.nodes:
+        nodes.add_row(n.name, n.role, *(f"{n.scores[k]:.3f}" if k in n.scores else "—"
+                                        for k in ("previous_token", "induction")), pct(n.effect))
+    out.print(nodes)
+    if circuit.edges:
+        edges = Table(title="edges (composition: score / random baseline)", title_justify="left")
+        for col in ("edge", "composition", "effect"):
+            edges.add_column(col, justify="left" if col == "edge" else "right")
+        for e in circuit.edges:
+            edges.add_row(e.name, "—" if e.composition is None else f"{e.composition:.2f}x", pct(e.effect))
+        out.print(edges)
+    out.print("[dim]effect: share of the task effect lost when the node (edge) alone is removed from the "
+              "circuit[/]")
+    out.print(f"{circuit.metric}: clean {circuit.metric_clean:.4f}, all ablated {circuit.metric_ablated:.4f}, "
+              f"circuit {circuit.metric_circuit:.4f}; recovered {circuit.recovered_nodes:.3f} (nodes), "
+              f"{circuit.recovered:.3f} (nodes and edges); target {circuit.target:g}")
+    out.print(f"{len(circuit.rounds)} pruning rounds, {circuit.interventions} interventions in "
+              f"{circuit.prune_passes} forward passes ({circuit.method}); {circuit.total_passes} passes in all, "
+              f"{circuit.seconds:.2f} s")

@@ -1,0 +1,315 @@
+"""Detectors and in-context learning across training checkpoints, and the phase-change step.
+
+`find_checkpoints(paths)`: files, or directories holding `step-*.safetensors`
+(directly or in their `checkpoints/` subdirectory), as written by
+`circuitry train --checkpoint-every N`; every checkpoint must have the same
+shape. `track(paths)` measures each one:
+
+- loss_repeats: next-token loss on the repeated half of BOS + 10 random tokens
+  repeated twice (64 sequences, seed 1; the `induction` task's data);
+- icl_score: the in-context learning score after Olsson et al. (2022), the loss
+  late in the context minus the loss early in it, on the training distribution
+  (periodic repeats). Token t's loss is -log p(x_t | x_<t). Data: BOS + a random
+  block of period P tiled to 64 tokens, 32 sequences for each P in 12, 16, 20, 24
+  (seed 7 + P). Score = mean loss of tokens 40..50 minus mean loss of tokens
+  5..10. With P >= 12 the early tokens are first occurrences (nothing to copy)
+  and the late ones repeats, so the score is about 0 for a model that ignores
+  the context and falls towards -ln(64) = -4.16 as copying from context works;
+  negative is better, as in Olsson et al.;
+- previous_token, induction: the best head's score (detectors of the same
+  names) on the repeated data;
+- k_composition: the strongest K-composition score over all pairs of heads,
+  as a ratio to the random-matrix baseline.
+
+Phase-change rule (`phase_change`): over consecutive checkpoints (a, b), take
+the interval with the largest increase of the best induction score. It is the
+phase change when that increase is >= 0.1 and it is confirmed by a jump of the
+in-context learning score at the same time: the ICL score falls, over the same
+interval or a neighbouring one, by at least half of its largest fall between
+any two consecutive checkpoints of the run. The phase-change step is b, the
+first checkpoint after the jump.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from circuitry.errors import UsageError
+from circuitry.model import HookedTransformer, ModelConfig
+
+CHECKPOINT_GLOB = "step-*.safetensors"
+ICL_EARLY = (5, 10)  # tokens, inclusive
+ICL_LATE = (40, 50)
+ICL_PERIODS = (12, 16, 20, 24)
+ICL_BATCH = 32
+REPEAT_DATA = {"batch": 64, "seq_len": 10, "n_repeats": 2, "seed": 1}
+MIN_JUMP = 0.1  # smallest induction-score increase called a phase change
+ICL_CONFIRM = 0.5  # the ICL fall must be >= this fraction of the run's largest fall
+SHAPE_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx", "d_mlp", "positional",
+                "normalization")
+_STEP = re.compile(r"step-(\d+)")
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """What `track` measures on one checkpoint."""
+
+    step: int
+    path: str
+    loss_repeats: float
+    icl_score: float
+    previous_token: float
+    previous_token_head: str
+    induction: float
+    induction_head: str
+    k_composition: float  # ratio to the random baseline
+    k_edge: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """The interval (step_before, step] with the largest induction-score jump, and what confirms it.
+
+    induction_before: the highest best-induction score of the checkpoints before `step`;
+    induction_after: the lowest of the checkpoints after it.
+    """
+
+    step: int
+    step_before: int
+    induction_jump: float
+    icl_jump: float  # the ICL score's fall (positive) that confirms it
+    largest_icl_jump: float
+    induction_before: float | None
+    induction_after: float | None
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    checkpoints: tuple[CheckpointStats, ...]
+    phase_change: PhaseChange | None
+    reason: str  # why there is no phase change (empty when there is one)
+
+    def to_json(self) -> dict:
+        return {"checkpoints": [c.to_json() for c in self.checkpoints],
+                "phase_change": self.phase_change.to_json() if self.phase_change else None,
+                "no_phase_change_reason": self.reason or None,
+                "definitions": {"loss_repeats": f"loss on the repeats of repeated random tokens {REPEAT_DATA}",
+                                "icl_score": f"mean loss of tokens {ICL_LATE[0]}..{ICL_LATE[1]} minus tokens "
+                                             f"{ICL_EARLY[0]}..{ICL_EARLY[1]}, periodic repeats, periods "
+                                             f"{list(ICL_PERIODS)}",
+                                "k_composition": "largest K-composition score / random baseline"}}
+
+
+# ------------------------------------------------------------------ finding checkpoints
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+
+
+def find_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
+    """Checkpoint files named by `paths` (files or directories), without duplicates."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(p.glob(CHECKPOINT_GLOB)) or sorted((p / "checkpoints").glob(CHECKPOINT_GLOB))
+            if not files:
+                raise UsageError(f"{p}: no checkpoints: expected {CHECKPOINT_GLOB} files in it or in its "
+                                 f"checkpoints/ subdirectory (write them with circuitry train --checkpoint-every N)")
+            found += files
+        elif p.is_file():
+            if p.suffix != ".safetensors":
+                raise UsageError(f"{p}: a checkpoint is a .safetensors file written by circuitry train")
+            found.append(p)
+        else:
+            raise UsageError(f"no such checkpoint file or directory: {p}")
+    unique: dict[Path, Path] = {}
+    for f in found:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
+
+
+def checkpoint_step(path: Path, meta: dict[str, str]) -> int:
+    """The training step of a checkpoint: its metadata's `step`, else the number in its name."""
+    if str(meta.get("step", "")).isdigit():
+        return int(meta["step"])
+    m = _STEP.search(path.name)
+    if m:
+        return int(m.group(1))
+    raise UsageError(f"{path}: cannot tell its training step (no 'step' in its metadata, no step-N in its name)")
+
+
+def _config(path: Path, meta: dict[str, str]) -> ModelConfig:
+    from circuitry.model.io import CONFIG, META_KEY
+
+    if META_KEY in meta:
+        return ModelConfig.from_json(meta[META_KEY], where=f"{path} (metadata)")
+    if (path.parent / CONFIG).exists():
+        return ModelConfig.from_json((path.parent / CONFIG).read_text(), where=str(path.parent / CONFIG))
+    raise UsageError(f"{path}: no model config in its metadata and no config.json beside it")
+
+
+def _shape(cfg: ModelConfig) -> dict:
+    return {k: getattr(cfg, k) for k in SHAPE_FIELDS}
+
+
+def plan(paths: Iterable[str | Path]) -> list[tuple[int, Path]]:
+    """(step, file) of every checkpoint, sorted by step; checks shapes and steps before loading weights."""
+    files = find_checkpoints(paths)
+    rows = []
+    first: tuple[Path, dict] | None = None
+    for f in files:
+        meta = _metadata(f)
+        shape = _shape(_config(f, meta))
+        if first is None:
+            first = (f, shape)
+        elif shape != first[1]:
+            diff = ", ".join(f"{k} {first[1][k]} vs {shape[k]}" for k in SHAPE_FIELDS if first[1][k] != shape[k])
+            raise UsageError(f"checkpoints of different shapes: {first[0]} and {f} differ in {diff}; "
+                             f"track one training run at a time")
+        rows.append((checkpoint_step(f, meta), f))
+    rows.sort(key=lambda r: (r[0], str(r[1])))
+    for (s1, f1), (s2, f2) in zip(rows, rows[1:]):
+        if s1 == s2:
+            raise UsageError(f"{f1} and {f2} are both step {s1}; give checkpoints of one run")
+    return rows
+
+
+# ------------------------------------------------------------------ measuring
+def icl_tokens(cfg: ModelConfig) -> torch.Tensor:
+    """The ICL data: [len(ICL_PERIODS) * ICL_BATCH, 64] periodic repeats (BOS first when the model has one)."""
+    from circuitry.data import periodic_tokens
+
+    if cfg.n_ctx <= ICL_LATE[1]:
+        raise UsageError(f"the in-context learning score reads tokens up to {ICL_LATE[1]}; the model's context "
+                         f"is {cfg.n_ctx} tokens")
+    return torch.cat([periodic_tokens(cfg.d_vocab, cfg.bos_token_id, batch=ICL_BATCH, n_ctx=64, period=p,
+                                      seed=7 + p).tokens for p in ICL_PERIODS])
+
+
+def icl_score(model: HookedTransformer, tokens: torch.Tensor) -> float:
+    """Mean loss of tokens ICL_LATE minus mean loss of tokens ICL_EARLY (token t: -log p(x_t | x_<t))."""
+    nll = model.loss(tokens, per_token=True)  # [batch, pos-1]; column t-1 is token t
+    late = nll[:, ICL_LATE[0] - 1: ICL_LATE[1]].mean()
+    early = nll[:, ICL_EARLY[0] - 1: ICL_EARLY[1]].mean()
+    return float(late - early)
+
+
+def measure(model: HookedTransformer, step: int, path: str, detectors: dict) -> CheckpointStats:
+    from circuitry.data import repeated_tokens
+    from circuitry.scan import run_detectors
+
+    cfg = model.cfg
+    batch = repeated_tokens(cfg.d_vocab, cfg.bos_token_id, **REPEAT_DATA).to(model.device)
+    with torch.inference_mode():
+        heads, pairs = run_detectors(model, batch, detectors)
+        logits = model(batch.tokens)
+        nll = model.loss(batch.tokens, logits, per_token=True)  # [batch, pos-1]
+        loss_rep = float(nll[batch.predictable[:, :-1]].mean())
+        icl = icl_score(model, icl_tokens(cfg).to(model.device))
+
+    def best(scores: torch.Tensor) -> tuple[float, str]:
+        i = int(scores.flatten().argmax())
+        return float(scores.flatten()[i]), f"L{i // cfg.n_heads}H{i % cfg.n_heads}"
+
+    prev, prev_head = best(heads["previous_token"])
+    ind, ind_head = best(heads["induction"])
+    k_ratio, k_edge = math.nan, ""
+    if "composition" in pairs and cfg.n_layers > 1:
+        comp = pairs["composition"]
+        k = comp.scores["K"].nan_to_num(float("-inf"))  # [layer, head, layer, head]
+        i = int(k.flatten().argmax())
+        l1, h1, l2, h2 = (int(x) for x in torch.unravel_index(torch.tensor(i), k.shape))
+        k_ratio = float(k[l1, h1, l2, h2] / comp.baseline["K"])
+        k_edge = f"L{l1}H{h1} -> L{l2}H{h2} (K)"
+    return CheckpointStats(step, path, loss_rep, icl, prev, prev_head, ind, ind_head, k_ratio, k_edge)
+
+
+def phase_change(stats: Sequence[CheckpointStats]) -> tuple[PhaseChange | None, str]:
+    """The phase change by the rule of the module docstring, or (None, why not)."""
+    if len(stats) < 2:
+        return None, "a phase change needs at least two checkpoints"
+    ind_jumps = [b.induction - a.induction for a, b in zip(stats, stats[1:])]
+    icl_falls = [a.icl_score - b.icl_score for a, b in zip(stats, stats[1:])]
+    i = max(range(len(ind_jumps)), key=lambda j: ind_jumps[j])
+    if ind_jumps[i] < MIN_JUMP:
+        return None, (f"the best induction score never rises by {MIN_JUMP} between consecutive checkpoints "
+                      f"(largest rise {ind_jumps[i]:+.3f})")
+    largest = max(icl_falls)
+    near = max(icl_falls[max(0, i - 1): i + 2])
+    if not (largest > 0 and near >= ICL_CONFIRM * largest):
+        return None, (f"the largest induction-score rise ({ind_jumps[i]:+.3f}, steps {stats[i].step}.."
+                      f"{stats[i + 1].step}) comes without a fall of the ICL score (fall {near:.3f}, largest "
+                      f"in the run {largest:.3f})")
+    before = [s.induction for s in stats[: i + 1]]
+    after = [s.induction for s in stats[i + 2:]]
+    return PhaseChange(stats[i + 1].step, stats[i].step, ind_jumps[i], near, largest, max(before),
+                       min(after) if after else None), ""
+
+
+def track(paths: Iterable[str | Path], device: str | None = None,
+          progress: Callable[[int, int, int], None] | None = None) -> TrackResult:
+    """Measure every checkpoint (progress(done, total, step) after each) and name the phase change."""
+    from circuitry.model.io import load_model_file
+    from circuitry.plugins import get_manager
+
+    rows = plan(paths)
+    detectors = get_manager().detectors()
+    missing = [d for d in ("previous_token", "induction") if d not in detectors]
+    if missing:
+        raise UsageError(f"track needs the detector plugins {', '.join(missing)} (are they disabled?)")
+    chosen = {k: detectors[k] for k in ("previous_token", "induction", "composition") if k in detectors}
+    stats = []
+    for n, (step, path) in enumerate(rows):
+        model = load_model_file(path, device=device).eval()
+        if n == 0:
+            icl_tokens(model.cfg)  # the context check, before any work
+        stats.append(measure(model, step, str(path), chosen))
+        if progress:
+            progress(n + 1, len(rows), step)
+    change, reason = phase_change(stats)
+    return TrackResult(tuple(stats), change, reason)
+
+
+
+def plot_track(result: TrackResult, path: str | Path) -> Path:
+    """PNG: best previous-token and induction scores over steps; loss on the repeats and the ICL score
+    (nats) on the second axis; the phase-change step marked. Needs matplotlib (UsageError otherwise)."""
+    from circuitry.report.plots import phase_change_figure, save_png
+
+    stats = result.checkpoints
+    steps = [s.step for s in stats]
+    fig = phase_change_figure(steps, {"best induction": [s.induction for s in stats],
+                                      "best previous-token": [s.previous_token for s in stats]},
+                              loss=[s.loss_repeats for s in stats], title="induction phase change")
+    ax, ax2 = fig.axes[0], fig.axes[-1]
+    ax2.get_lines()[0].set_label("loss on repeats")
+    ax2.plot(steps, [s.icl_score for s in stats], lw=1.2, ls="--", color="#6a3d9a", label="ICL score")
+    ax2.set_ylabel("nats (loss on repeats, ICL score)")
+    if result.phase_change is not None:
+        ax.axvline(result.phase_change.step, color="#c5221f", lw=1, alpha=0.7)
+        ax.text(result.phase_change.step, 1.0, f" phase change {result.phase_change.step}", color="#c5221f",
+                fontsize=8, va="top", transform=ax.get_xaxis_transform())
+    handles, labels = [], []
+    for a in (ax, ax2):
+        h, lab = a.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    ax.legend(handles, labels, fontsize=8, loc="center right")
+    return save_png(fig, path)
