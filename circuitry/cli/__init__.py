@@ -23,6 +23,8 @@ COMMANDS = {
     "paths": "circuitry.cli.paths",
     "verify": "circuitry.cli.verify",
     "show": "circuitry.cli.show",
+    "discover": "circuitry.cli.discover",
+    "track": "circuitry.cli.track",
 }
 
 
