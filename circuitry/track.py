@@ -185,6 +185,9 @@ def plan(paths: Iterable[str | Path]) -> list[tuple[int, Path]]:
             raise UsageError(f"checkpoints of different shapes: {first[0]} and {f} differ in {diff}; "
                              f"track one training run at a time")
         rows.append((checkpoint_step(f, meta), f))
+    if first is not None and first[1]["n_ctx"] <= ICL_LATE[1]:
+        raise UsageError(f"the in-context learning score reads tokens up to {ICL_LATE[1]}; the checkpoints' "
+                         f"context is {first[1]['n_ctx']} tokens")
     rows.sort(key=lambda r: (r[0], str(r[1])))
     for (s1, f1), (s2, f2) in zip(rows, rows[1:]):
         if s1 == s2:
@@ -279,8 +282,6 @@ def track(paths: Iterable[str | Path], device: str | None = None,
     stats = []
     for n, (step, path) in enumerate(rows):
         model = load_model_file(path, device=device).eval()
-        if n == 0:
-            icl_tokens(model.cfg)  # the context check, before any work
         stats.append(measure(model, step, str(path), chosen))
         if progress:
             progress(n + 1, len(rows), step)

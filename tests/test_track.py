@@ -144,6 +144,10 @@ def test_bad_input(cli, tmp_path, capsys):
     save_model(small, tmp_path / "other" / "step-000100.safetensors", {"step": "100"})
     assert cli(["track", str(same), str(tmp_path / "other")]) == 2
     assert "are both step 100" in capsys.readouterr().err
+    short = tmp_path / "short"
+    save_model(HookedTransformer(shape_cfg(n_ctx=32), seed=0), short / "step-000000.safetensors", {"step": "0"})
+    assert cli(["track", str(short)]) == 2
+    assert "context is 32 tokens" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UsageError, match="a checkpoint is a .safetensors file"):
         track([tmp_path / "notes.txt"])
