@@ -9,6 +9,7 @@ lacks (a head L9H9 in a 2-layer model) are errors at their file:line:col.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable
@@ -22,7 +23,6 @@ from circuitry.errors import UsageError, did_you_mean
 from circuitry.model import HookedTransformer
 from circuitry.plugins import PluginManager, get_manager
 from circuitry.spec.format import Check, CircuitSpec, Edge, as_list, expectation_of, parse_edge
-from circuitry.spec.loader import SpecError
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,11 @@ class _Verifier:
         self._reference = None
         from circuitry.interventions import clean_run
 
-        self.clean = clean_run(model, batch.tokens, patterns=True)
+        # one clean run for every check: interventions, detectors (patterns) and the
+        # decomposition (norm scales) all read this cache
+        scales = [] if model.cfg.normalization is None else (
+            [f"blocks.{l}.ln1.hook_scale" for l in range(model.cfg.n_layers)] + ["ln_final.hook_scale"])
+        self.clean = clean_run(model, batch.tokens, patterns=True, extra=scales)
         self._metric_clean: dict[str, float] = {}
 
     # validation ---------------------------------------------------------
@@ -266,7 +270,7 @@ class _Verifier:
         return parts[0] if len(parts) == 1 else Combined(tuple(parts))
 
     def faithfulness_of(self, check: Check):
-        from circuitry.interventions import Ablation, Combined, Node
+        from circuitry.interventions import Combined, Node
 
         method_name = check.options.get("ablation", "mean")
         record = self.manager.interventions()[method_name]
@@ -283,7 +287,6 @@ class _Verifier:
         if not outside:
             raise self.spec.error((*check.path, "nodes") if "nodes" in check.options else ("circuit", "nodes"),
                                   "the circuit holds every component; nothing is left to ablate")
-        _ = Ablation  # the records built above are Ablation instances
         return nodes, build(every), build(outside)
 
 
@@ -304,12 +307,11 @@ def _all_hold(check: Check, claim: str, values: dict[str, float], exp, expect_te
 
 
 def _with_details(res: CheckResult, extra: dict) -> CheckResult:
-    return CheckResult(res.id, res.kind, res.claim, res.value, res.expect, res.passed,
-                       {**res.details, **extra}, res.seconds)
+    return dataclasses.replace(res, details={**res.details, **extra})
 
 
 def _timed(res: CheckResult, seconds: float) -> CheckResult:
-    return CheckResult(res.id, res.kind, res.claim, res.value, res.expect, res.passed, res.details, seconds)
+    return dataclasses.replace(res, seconds=seconds)
 
 
 # ------------------------------------------------------------------ entry point
@@ -343,19 +345,10 @@ def _spec_relative(spec: CircuitSpec) -> str:
             return str(beside)
     return spec.model
 
-def _data_batch(spec: CircuitSpec, model: HookedTransformer, data: dict, key: str,
-                manager: PluginManager) -> TokenBatch:
+def _data_batch(spec: CircuitSpec, model: HookedTransformer, data: dict, key: str) -> TokenBatch:
     from circuitry.datasets import make_batch
 
-    datasets = manager.datasets()
-    name = data.get("name", "repeated")
-    if name not in datasets:
-        raise spec.error((key, "name"), f"unknown dataset {name!r}{did_you_mean(name, datasets)}")
-    ds = datasets[name]
-    for k in data:
-        if k != "name" and k not in ds.params:
-            raise spec.document.error((key, k), f"dataset {name!r} has no parameter {k!r}{did_you_mean(k, ds.params)}; "
-                                                f"valid: {', '.join(ds.params)}", at_key=True)
+    # the dataset and its parameters were checked when the spec loaded (spec.format)
     try:
         return make_batch(model, data).to(model.device)
     except UsageError as exc:
@@ -388,11 +381,11 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
         model, ref = load_spec_model(spec, model_ref, device)
     model.eval()
     with torch.inference_mode():
-        batch = _data_batch(spec, model, spec.data, "data", manager)
+        batch = _data_batch(spec, model, spec.data, "data")
         needs_ref = any(c.kind in ("intervention", "faithfulness") for c in spec.checks)
         reference = _data_batch(spec, model, spec.reference_data,
-                                "reference_data" if "reference_data" in spec.document.data else "data",
-                                manager) if needs_ref else None
+                                "reference_data" if "reference_data" in spec.document.data else "data"
+                                ) if needs_ref else None
         v = _Verifier(spec, model, batch, reference, manager)
         v.validate_circuit()
         results: dict[str, CheckResult] = {}
@@ -499,7 +492,7 @@ def _decomposition_result(v: _Verifier, check: Check) -> CheckResult:
 
     key, target = _decomposition_plan(v, check)
     if v._decomposition is None:
-        v._decomposition = decompose(v.model, v.batch.tokens)
+        v._decomposition = decompose(v.model, v.batch.tokens, v.clean.cache, v.clean.logits)
     dec = v._decomposition
     try:
         proj = dec.project(target)

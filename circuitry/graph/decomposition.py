@@ -134,7 +134,7 @@ class Decomposition:
     one logit direction; `top_paths(k)`; `loss_ladder(mask)`.
     """
 
-    def __init__(self, model, tokens: torch.Tensor) -> None:
+    def __init__(self, model, tokens: torch.Tensor, cache=None, logits: torch.Tensor | None = None) -> None:
         cfg = model.cfg
         self.model, self.cfg = model, cfg
         self.tokens = model.check_tokens(tokens)  # [batch, pos]
@@ -147,7 +147,9 @@ class Decomposition:
         if not cfg.attn_only:
             names += [f"blocks.{l}.hook_mlp_out" for l in range(L)]
         with torch.inference_mode():
-            self.logits, cache = model.run_with_cache(self.tokens, names=names)  # [batch, pos, d_vocab]
+            if cache is None or logits is None or not all(n in cache for n in names):
+                logits, cache = model.run_with_cache(self.tokens, names=names)
+            self.logits = logits  # [batch, pos, d_vocab]
             self._x0 = cache["blocks.0.hook_resid_pre"]  # [batch, pos, d_model]
             self._A = [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)]  # [batch, head, q, k]
             one = torch.ones_like(self._x0[..., :1])
@@ -464,7 +466,12 @@ class Decomposition:
         return out
 
 
-def decompose(model, tokens) -> Decomposition:
-    """Split the logits of `model` on `tokens` ([batch, pos] ids or a TokenBatch) into path terms."""
+def decompose(model, tokens, cache=None, logits: torch.Tensor | None = None) -> Decomposition:
+    """Split the logits of `model` on `tokens` ([batch, pos] ids or a TokenBatch) into path terms.
+
+    A clean run's `cache` and `logits` on the same tokens are reused when the cache holds
+    what the decomposition reads (resid_pre of block 0, patterns, norm scales, MLP outputs);
+    otherwise one cached run is made here.
+    """
     tokens = getattr(tokens, "tokens", tokens)
-    return Decomposition(model, tokens)
+    return Decomposition(model, tokens, cache, logits)

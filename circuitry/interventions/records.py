@@ -154,16 +154,18 @@ def clean_hook_names(model, patterns: bool = True) -> list[str]:
     return names
 
 
-def clean_run(model, tokens: torch.Tensor, patterns: bool = True) -> CleanRun:
+def clean_run(model, tokens: torch.Tensor, patterns: bool = True, extra: Iterable[str] = ()) -> CleanRun:
     """Run `model` once on tokens [batch, pos] and cache what interventions need.
 
     patterns=False leaves the attention patterns out of the cache (they are
     only needed for pattern-preserving ablations and cost batch*head*pos^2
-    floats per layer).
+    floats per layer). `extra` names more hook points to cache, for other
+    analyses that share the run.
     """
     tokens = model.check_tokens(tokens)
+    names = list(dict.fromkeys([*clean_hook_names(model, patterns), *extra]))
     with torch.inference_mode():
-        logits, cache = model.run_with_cache(tokens, names=clean_hook_names(model, patterns))
+        logits, cache = model.run_with_cache(tokens, names=names)
     return CleanRun(tokens, logits, cache)
 
 
