@@ -28,7 +28,7 @@ import torch
 from circuitry.data import periodic_tokens
 from circuitry.errors import UsageError
 from circuitry.model import HookedTransformer, ModelConfig, save_model
-from circuitry.model.io import atomic_write_text
+from circuitry.fileio import atomic_write_text
 
 
 @dataclass(frozen=True)

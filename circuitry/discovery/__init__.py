@@ -23,7 +23,7 @@ from circuitry.discovery.specfile import bound, ratio_bound
 
 def write_spec(circuit: Circuit, path: str | Path) -> Path:
     """Write the circuit's spec atomically (temporary file, then rename)."""
-    from circuitry.model.io import atomic_write_text
+    from circuitry.fileio import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, circuit.spec_text)

@@ -283,7 +283,7 @@ class ResidualGraph(nx.MultiDiGraph):
         return cls.from_node_link(doc, where)
 
     def write_json(self, path: str | FilePath) -> FilePath:
-        from circuitry.model.io import atomic_write_text
+        from circuitry.fileio import atomic_write_text
 
         atomic_write_text(path, self.to_json() + "\n")
         return FilePath(path)
@@ -311,7 +311,7 @@ class ResidualGraph(nx.MultiDiGraph):
         return "\n".join(nx.generate_graphml(self._without_none())) + "\n"
 
     def write_graphml(self, path: str | FilePath) -> FilePath:
-        from circuitry.model.io import atomic_write_text
+        from circuitry.fileio import atomic_write_text
 
         atomic_write_text(path, self.to_graphml())
         return FilePath(path)
@@ -339,7 +339,7 @@ class ResidualGraph(nx.MultiDiGraph):
         return _dot(self, name)
 
     def write_dot(self, path: str | FilePath, name: str = "residual_graph") -> FilePath:
-        from circuitry.model.io import atomic_write_text
+        from circuitry.fileio import atomic_write_text
 
         atomic_write_text(path, self.to_dot(name))
         return FilePath(path)

@@ -9,39 +9,18 @@ other formats are refused with a clear message.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from circuitry.errors import ModelLoadError
+from circuitry.fileio import atomic_write, atomic_write_text
 from circuitry.model.config import ModelConfig
 from circuitry.model.transformer import HookedTransformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META_KEY = "circuitry_config"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def _state(model: HookedTransformer) -> dict[str, torch.Tensor]:
@@ -55,9 +34,9 @@ def save_model(model: HookedTransformer, path: str | Path, metadata: dict[str, s
     path = Path(path)
     meta = {META_KEY: model.cfg.to_json(), **(metadata or {})}
     if path.suffix == ".safetensors":
-        _atomic_write(path, lambda tmp: save_file(_state(model), tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(_state(model), tmp, metadata=meta))
         return path
-    _atomic_write(path / WEIGHTS, lambda tmp: save_file(_state(model), tmp, metadata=meta))
+    atomic_write(path / WEIGHTS, lambda tmp: save_file(_state(model), tmp, metadata=meta))
     atomic_write_text(path / CONFIG, model.cfg.to_json() + "\n")
     return path
 

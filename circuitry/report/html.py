@@ -394,7 +394,7 @@ def render_html(figures: Figures | Sequence[Figures], title: str | None = None) 
 
 def write_html(figures: Figures | Sequence[Figures], path: str | Path) -> Path:
     """Write the page atomically (a temporary file renamed into place)."""
-    from circuitry.model.io import atomic_write_text
+    from circuitry.fileio import atomic_write_text
 
     atomic_write_text(path, render_html(figures))
     return Path(path)

@@ -14,7 +14,6 @@ renamed. Plots draw what they are given; they compute nothing.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -53,17 +52,13 @@ def require() -> None:
 
 def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write `fig` as PNG atomically and close it."""
+    from circuitry.fileio import atomic_write
+
     plt = pyplot()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, dpi=dpi, format="png", facecolor="white")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", facecolor="white"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 # ------------------------------------------------------------------ heatmaps

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from circuitry import hookimpl
-from circuitry.data import periodic_tokens, repeated_tokens, token_file
+from circuitry.data import periodic_tokens, repeated_tokens
+from circuitry.tokenfiles import token_file
 from circuitry.records import Dataset
 
 
