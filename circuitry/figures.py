@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from circuitry.errors import UsageError
+from circuitry.names import EDGE_KINDS, check_component, head_index, head_name, parse_component
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from circuitry.spec.format import CircuitSpec
     from circuitry.verify import VerificationReport
 
-EDGE_KINDS = ("Q", "K", "V", "direct")
 
 
 # ------------------------------------------------------------------ records
@@ -150,30 +150,16 @@ class Figures:
 
 
 # ------------------------------------------------------------------ helpers
-def parse_head(name: str, n_layers: int, n_heads: int) -> tuple[int, int]:
-    """'L1H2' -> (1, 2), or a UsageError naming the model's heads."""
-    text = name.strip()
-    valid = f"L0H0..L{n_layers - 1}H{n_heads - 1}"
-    try:
-        if not text.startswith("L") or "H" not in text:
-            raise ValueError
-        l_str, h_str = text[1:].split("H")
-        layer, head = int(l_str), int(h_str)
-    except ValueError:
-        raise UsageError(f"{name!r} is not a head name; expected L{{layer}}H{{head}}, e.g. L1H2 ({valid})") from None
-    if not (0 <= layer < n_layers and 0 <= head < n_heads):
-        raise UsageError(f"the model has no head {text}: it has heads {valid} ({n_layers} layers x {n_heads} heads)")
-    return layer, head
+def parse_head(name: str, cfg: Any) -> tuple[int, int]:
+    """(layer, head) of a head of the model with config `cfg`, or the vocabulary's UsageError."""
+    comp = check_component(name, cfg, allow=("head",))
+    return comp.layer, comp.head  # type: ignore[return-value]
 
 
 def node_layer(name: str, n_layers: int) -> float:
-    if name in ("embed", "pos_embed"):
-        return -1.0
-    if name == "logits":
-        return float(n_layers)
-    if name.startswith("M") and name[1:].isdigit():
-        return int(name[1:]) + 0.5
-    return float(int(name[1:].split("H")[0]))
+    """Where a component sits in the drawing: its stream position, an MLP half a layer above its heads."""
+    layer, mlp = parse_component(name).stream_position(n_layers)
+    return layer + 0.5 * mlp
 
 
 def _float(x: Any) -> float:
@@ -220,7 +206,7 @@ def attention_grids(model: HookedTransformer, cache, tokens: Sequence[int], head
     labels = token_labels(model, tokens)
     grids = []
     for name in heads:
-        layer, head = parse_head(name, cfg.n_layers, cfg.n_heads)
+        layer, head = parse_head(name, cfg)
         pat = cache[f"blocks.{layer}.attn.hook_pattern"][index, head]  # [q, k]
         role = (roles or {}).get(name)
         grids.append(Grid(f"{prefix}-{name}", "attention", f"{name}" + (f" · {role}" if role else ""), _rows(pat),
@@ -260,14 +246,14 @@ def composition_grids(pairs: PairScores, senders: Sequence[tuple[int, int]], rec
             row = []
             for j, (l2, h2) in enumerate(receivers):
                 row.append(_float(t[l1, h1, l2, h2]) if l1 < l2 else math.nan)
-                if (f"L{l1}H{h1}", f"L{l2}H{h2}", kind) in marked:
+                if (head_name(l1, h1), head_name(l2, h2), kind) in marked:
                     hi.append((i, j))
             rows.append(tuple(row))
         finite = [v for r in rows for v in r if math.isfinite(v)]
         top = max([base * 2, *finite]) if finite else 1.0
         title = f"{kind}-composition" if name == "composition" else f"{name} ({kind})"
         grids.append(Grid(f"{prefix}-{kind}", "composition", title, tuple(rows),
-                          tuple(f"L{l}H{h}" for l, h in senders), tuple(f"L{l}H{h}" for l, h in receivers),
+                          tuple(head_name(l, h) for l, h in senders), tuple(head_name(l, h) for l, h in receivers),
                           "sender", "receiver", (0.0, top), baseline=base, highlight=tuple(hi),
                           note=f"random baseline {base:.3f}"))
     return tuple(grids)
@@ -296,16 +282,17 @@ def circuit_graph(spec: CircuitSpec, n_layers: int, heads: Mapping[str, torch.Te
         role = spec.nodes.get(name, "input" if name in ("embed", "pos_embed") else
                               "output" if name == "logits" else "")
         score = None
-        if role in heads and name.startswith("L") and "H" in name:
-            l, h = (int(x) for x in name[1:].split("H"))
+        if role in heads and parse_component(name).is_head:
+            l, h = head_index(name)
             score = _float(heads[role][l, h])
         nodes.append(GraphNode(name, role, node_layer(name, n_layers), score, role if score is not None else ""))
     nodes.sort(key=lambda n: (n.layer, n.name))
     edges = []
     for e in spec.edges:
         score = base = None
-        if pairs is not None and e.kind in pairs.scores and e.sender.startswith("L") and e.receiver.startswith("L"):
-            (l1, h1), (l2, h2) = ((int(x) for x in n[1:].split("H")) for n in (e.sender, e.receiver))
+        if (pairs is not None and e.kind in pairs.scores and parse_component(e.sender).is_head
+                and parse_component(e.receiver).is_head):
+            (l1, h1), (l2, h2) = head_index(e.sender), head_index(e.receiver)
             score = _float(pairs.scores[e.kind][l1, h1, l2, h2])
             base = float(pairs.baseline[e.kind])
         edges.append(GraphEdge(e.sender, e.receiver, e.kind, score, base))
@@ -345,9 +332,9 @@ def figures_for_verification(spec: CircuitSpec, report: VerificationReport, mode
         _, p = run_detectors(model, None, {"composition": detectors["composition"]})
         pairs = p.get("composition")
 
-    circuit_heads = sorted((parse_head(n, cfg.n_layers, cfg.n_heads) for n in spec.nodes
-                            if n.startswith("L") and "H" in n))
-    head_names = [f"L{l}H{h}" for l, h in circuit_heads]
+    circuit_heads = sorted((parse_head(n, cfg) for n in spec.nodes
+                            if parse_component(n).is_head))
+    head_names = [head_name(l, h) for l, h in circuit_heads]
     tokens = [int(t) for t in batch.tokens[index].tolist()]
     patterns = attention_grids(model, cache, tokens, head_names, index, spec.nodes)
 
@@ -391,8 +378,8 @@ def figures_for_heads(model: HookedTransformer, tokens: torch.Tensor | Sequence[
     cfg = model.cfg
     names = []
     for name in heads:
-        layer, head = parse_head(name, cfg.n_layers, cfg.n_heads)
-        names.append(f"L{layer}H{head}")
+        layer, head = parse_head(name, cfg)
+        names.append(head_name(layer, head))
     ids = [int(t) for t in (tokens.tolist() if hasattr(tokens, "tolist") else tokens)]
     batch = model.check_tokens([ids])  # [1, pos]
     cache = pattern_cache(model, batch)

@@ -14,6 +14,7 @@ import torch
 from circuitry.data import TokenBatch
 from circuitry.errors import UsageError, unknown_name
 from circuitry.model import HookedTransformer
+from circuitry.names import head_index, head_name
 from circuitry.plugins import PluginManager, get_manager
 from circuitry.records import Detector, DetectorInput, PairScores
 
@@ -30,7 +31,7 @@ class ScanResult:
 
     def head_names(self) -> list[str]:
         L, H = next(iter(self.heads.values())).shape if self.heads else (0, 0)
-        return [f"L{l}H{h}" for l in range(L) for h in range(H)]
+        return [head_name(l, h) for l in range(L) for h in range(H)]
 
     def pair_list(self, name: str, kind: str) -> list[dict]:
         """[{"from", "to", "score", "baseline"}] of one pair detector and kind, strongest first."""
@@ -43,7 +44,7 @@ class ScanResult:
                 for l2 in range(l1 + 1, L):
                     for h2 in range(H):
                         v = float(s[l1, h1, l2, h2])
-                        rows.append({"from": f"L{l1}H{h1}", "to": f"L{l2}H{h2}", "score": v,
+                        rows.append({"from": head_name(l1, h1), "to": head_name(l2, h2), "score": v,
                                      "baseline": ps.baseline[kind]})
         rows.sort(key=lambda r: -r["score"])
         return rows
@@ -51,7 +52,7 @@ class ScanResult:
     def to_json(self) -> dict:
         heads = []
         for name in self.head_names():
-            l, h = (int(x) for x in name[1:].split("H"))
+            l, h = head_index(name)
             heads.append({"head": name, **{d: float(t[l, h]) for d, t in self.heads.items()}})
         doc: dict = {"model": self.model, "data": self.data, "heads": heads}
         for pname, ps in self.pairs.items():

@@ -42,6 +42,7 @@ import torch
 
 from circuitry.errors import UsageError
 from circuitry.model import HookedTransformer, ModelConfig
+from circuitry.names import Edge, head_name
 
 CHECKPOINT_GLOB = "step-*.safetensors"
 ICL_EARLY = (5, 10)  # tokens, inclusive
@@ -230,7 +231,7 @@ def measure(model: HookedTransformer, step: int, path: str, detectors: dict) -> 
 
     def best(scores: torch.Tensor) -> tuple[float, str]:
         i = int(scores.flatten().argmax())
-        return float(scores.flatten()[i]), f"L{i // cfg.n_heads}H{i % cfg.n_heads}"
+        return float(scores.flatten()[i]), head_name(i // cfg.n_heads, i % cfg.n_heads)
 
     prev, prev_head = best(heads["previous_token"])
     ind, ind_head = best(heads["induction"])
@@ -241,7 +242,7 @@ def measure(model: HookedTransformer, step: int, path: str, detectors: dict) -> 
         i = int(k.flatten().argmax())
         l1, h1, l2, h2 = (int(x) for x in torch.unravel_index(torch.tensor(i), k.shape))
         k_ratio = float(k[l1, h1, l2, h2] / comp.baseline["K"])
-        k_edge = f"L{l1}H{h1} -> L{l2}H{h2} (K)"
+        k_edge = str(Edge(head_name(l1, h1), head_name(l2, h2), "K"))
     return CheckpointStats(step, path, loss_rep, icl, prev, prev_head, ind, ind_head, k_ratio, k_edge)
 
 

@@ -50,12 +50,14 @@ def run(args: argparse.Namespace, out) -> int:
 def render(result, out, top: int) -> None:
     from rich.table import Table
 
+    from circuitry.names import head_index
+
     table = Table(title=f"{result.model} — {result.data}", title_justify="left")
     table.add_column("head", style="bold")
     for name in result.heads:
         table.add_column(name, justify="right")
     for head in result.head_names():
-        l, h = (int(x) for x in head[1:].split("H"))
+        l, h = head_index(head)
         cells = []
         for name, scores in result.heads.items():
             v = float(scores[l, h])

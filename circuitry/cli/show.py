@@ -29,7 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_heads(values: list[str]) -> list[str]:
-    return [h.strip() for v in values for h in v.split(",") if h.strip()]
+    """Head names from repeated or comma-separated --head values, checked for syntax before any model loads."""
+    from circuitry.names import head_index
+
+    heads = [h.strip() for v in values for h in v.split(",") if h.strip()]
+    for h in heads:
+        head_index(h)
+    return heads
 
 
 def parse_token_ids(text: str) -> list[int]:

@@ -9,7 +9,8 @@ single heads, virtual heads, MLPs, biases, remainder).
 
 from circuitry.graph.decomposition import Decomposition, LadderStep, PathScore, Projection, decompose
 from circuitry.graph.paths import Component, Path, format_path, parse_component, parse_path, path_kind
-from circuitry.graph.residual_graph import EDGE_KINDS, ResidualGraph
+from circuitry.graph.residual_graph import ResidualGraph
+from circuitry.names import EDGE_KINDS
 
 __all__ = [
     "EDGE_KINDS", "Component", "Decomposition", "LadderStep", "Path", "PathScore", "Projection",

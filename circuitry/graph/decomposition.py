@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from circuitry.errors import InputError, UsageError
-from circuitry.graph.paths import Path, format_path, head_index, head_name, mlp_name, parse_path, path_kind
+from circuitry.graph.paths import Path, format_path, parse_path, path_kind
+from circuitry.names import head_index, head_name, mlp_name
 
 Target = "str | int | tuple[int, int] | torch.Tensor"
 

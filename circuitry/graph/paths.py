@@ -1,6 +1,5 @@
-"""Names of residual-stream components and of decomposition paths: parsing and validation.
+"""Decomposition paths: parsing and validation (component names come from `circuitry.names`).
 
-Components: `embed`, `pos_embed`, heads `L{l}H{h}`, MLPs `M{l}`, `logits`.
 A decomposition term is addressed by a path, a tuple of names:
 
     ("direct",)            embeddings straight to the unembedding
@@ -17,85 +16,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from circuitry.errors import UsageError, did_you_mean
 from circuitry.model.config import ModelConfig
+from circuitry.names import (  # noqa: F401 - head_index, head_name, mlp_name are re-exported
+    HEAD_RE, MLP_RE, Component, check_component, head_index, head_name, head_names, mlp_name, model_ranges,
+)
 
 Path = tuple[str, ...]
 
-HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
-MLP_RE = re.compile(r"^M(\d+)$")
 SPECIAL_TERMS = ("direct", "bias", "remainder")
 PATH_KINDS = ("direct", "head", "virtual", "mlp", "bias", "remainder")
 
 
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-def mlp_name(layer: int) -> str:
-    return f"M{layer}"
-
-
-@dataclass(frozen=True)
-class Component:
-    """One node of the residual graph: kind is embed, pos_embed, head, mlp or logits."""
-
-    name: str
-    kind: str
-    layer: int | None = None
-    head: int | None = None
-
-
-def _ranges(cfg: ModelConfig) -> str:
-    last = head_name(cfg.n_layers - 1, cfg.n_heads - 1)
-    text = (f"heads L0H0..{last} (layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1})")
-    if not cfg.attn_only:
-        text += f", MLPs M0..M{cfg.n_layers - 1}"
-    return text
-
-
-def component_names(cfg: ModelConfig) -> list[str]:
-    """Every node name of the residual graph of a model with this config, in stream order."""
-    names = ["embed"] + (["pos_embed"] if cfg.positional == "learned" else [])
-    for layer in range(cfg.n_layers):
-        names += [head_name(layer, h) for h in range(cfg.n_heads)]
-        if not cfg.attn_only:
-            names.append(mlp_name(layer))
-    return names + ["logits"]
-
-
 def parse_component(name: str, cfg: ModelConfig) -> Component:
-    """The component called `name` in a model with config `cfg`, or a UsageError naming the valid range."""
-    if not isinstance(name, str):
-        raise UsageError(f"component names are strings like 'L0H1' or 'M0', got {name!r}")
-    name = name.strip()
-    m = HEAD_RE.match(name)
-    if m:
-        layer, head = int(m.group(1)), int(m.group(2))
-        if layer >= cfg.n_layers or head >= cfg.n_heads:
-            raise UsageError(f"no head {name!r} in this model: it has {_ranges(cfg)}")
-        return Component(name, "head", layer, head)
-    m = MLP_RE.match(name)
-    if m:
-        layer = int(m.group(1))
-        if cfg.attn_only:
-            raise UsageError(f"no MLP {name!r}: the model is attention-only; it has {_ranges(cfg)}")
-        if layer >= cfg.n_layers:
-            raise UsageError(f"no MLP {name!r} in this model: it has {_ranges(cfg)}")
-        return Component(name, "mlp", layer)
-    if name == "embed":
-        return Component(name, "embed")
-    if name == "pos_embed":
-        if cfg.positional != "learned":
-            raise UsageError(f"no component 'pos_embed': the model has {cfg.positional} positions, "
-                             "not learned position embeddings")
-        return Component(name, "pos_embed")
-    if name == "logits":
-        return Component(name, "logits")
-    raise UsageError(f"unknown component {name!r}{did_you_mean(name, component_names(cfg))}; "
-                     f"valid: embed, pos_embed, logits, {_ranges(cfg)}")
+    """The component called `name` in a model with config `cfg` (see `circuitry.names.check_component`)."""
+    return check_component(name, cfg)
 
 
 def _split(path: str | Sequence[str]) -> list[str]:
@@ -111,9 +47,9 @@ def _split(path: str | Sequence[str]) -> list[str]:
 def parse_path(path: str | Sequence[str], cfg: ModelConfig) -> Path:
     """A validated decomposition path (a tuple of names), or a UsageError that says what is valid."""
     parts = _split(path)
-    valid = (f"valid paths: ('direct',), ('bias',), ('remainder',), one head ('L0H0',), a pair of heads "
-             f"in increasing layers ('L0H0', 'L1H0')" + (", one MLP ('M0',)" if not cfg.attn_only else "")
-             + f"; the model has {_ranges(cfg)}")
+    valid = ("valid paths: ('direct',), ('bias',), ('remainder',), one head ('L0H0',), a pair of heads "
+             "in increasing layers ('L0H0', 'L1H0')" + (", one MLP ('M0',)" if not cfg.attn_only else "")
+             + f"; the model has {model_ranges(cfg)}")
     if len(parts) == 0:
         raise UsageError(f"empty path; {valid}")
     if len(parts) == 1:
@@ -122,7 +58,7 @@ def parse_path(path: str | Sequence[str], cfg: ModelConfig) -> Path:
             return (name,)
         if isinstance(name, str) and (HEAD_RE.match(name) or MLP_RE.match(name)):
             return (parse_component(name, cfg).name,)
-        choices = [*SPECIAL_TERMS, *cfg.head_names()]
+        choices = [*SPECIAL_TERMS, *head_names(cfg)]
         raise UsageError(f"unknown path component {name!r}{did_you_mean(str(name), choices)}; {valid}")
     if len(parts) > 2:
         raise UsageError(f"path {tuple(parts)!r} has {len(parts)} components; paths through three or more "
@@ -153,10 +89,3 @@ def path_kind(path: Path) -> str:
 def format_path(path: Path) -> str:
     """'L0H1 -> L1H2' for ('L0H1', 'L1H2')."""
     return " -> ".join(path)
-
-
-def head_index(name: str) -> tuple[int, int]:
-    """(layer, head) of a head name already validated."""
-    m = HEAD_RE.match(name)
-    assert m is not None
-    return int(m.group(1)), int(m.group(2))

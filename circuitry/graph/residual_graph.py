@@ -22,11 +22,9 @@ import networkx as nx
 import torch
 
 from circuitry.errors import UsageError, did_you_mean
-from circuitry.graph.paths import head_name, mlp_name
 from circuitry.model.config import ModelConfig
+from circuitry.names import EDGE_COLOURS, check_kind, head_name, mlp_name, model_ranges
 
-EDGE_KINDS = ("Q", "K", "V", "mlp_in", "direct")
-NODE_KINDS = ("embed", "pos_embed", "head", "mlp", "logits")
 RESERVED_NODE_ATTRS = ("kind", "layer", "head", "role")
 JSON_FORMAT = "circuitry-residual-graph"
 JSON_VERSION = 1
@@ -117,9 +115,7 @@ class ResidualGraph(nx.MultiDiGraph):
 
     def edges_of_kind(self, kind: str) -> list[tuple[str, str]]:
         """(source, target) of every edge of one kind: Q, K, V, mlp_in or direct."""
-        if kind not in EDGE_KINDS:
-            raise UsageError(f"unknown edge kind {kind!r}{did_you_mean(kind, EDGE_KINDS)}; "
-                             f"valid: {', '.join(EDGE_KINDS)}")
+        check_kind(kind)
         return [(u, v) for u, v, k in self.edges(keys=True) if k == kind]
 
     @property
@@ -170,11 +166,18 @@ class ResidualGraph(nx.MultiDiGraph):
 
     # --------------------------------------------------------------- circuit
     def _check_node(self, name: Any) -> str:
-        if name not in self:
-            raise UsageError(f"no node {name!r} in the graph{did_you_mean(str(name), map(str, self.nodes))}; "
-                             f"nodes: embed, pos_embed, L{{l}}H{{h}} (L0H0..L{self.n_layers - 1}H{self.n_heads - 1}), "
-                             f"M{{l}}, logits")
-        return name
+        if isinstance(name, str) and name in self:
+            return name
+        from types import SimpleNamespace
+
+        from circuitry.names import check_component
+
+        shape = SimpleNamespace(n_layers=self.n_layers, n_heads=self.n_heads, parallel_attn_mlp=False,
+                                attn_only=bool(self.graph.get("attn_only", True)),
+                                positional=self.graph.get("positional", "learned"))
+        comp = check_component(name, shape)  # the vocabulary's message for names the model lacks
+        raise UsageError(f"no node {comp.name!r} in this graph{did_you_mean(comp.name, map(str, self.nodes))}; "
+                         f"the model has {model_ranges(shape)}")
 
     def circuit(self, nodes: Mapping[str, str | None] | Iterable[str],
                 edges: Iterable[tuple[str, ...]] | None = None, name: str | None = None) -> "ResidualGraph":
@@ -200,9 +203,7 @@ class ResidualGraph(nx.MultiDiGraph):
                 u, v = self._check_node(edge[0]), self._check_node(edge[1])
                 if len(edge) == 3:
                     kind = edge[2]
-                    if kind not in EDGE_KINDS:
-                        raise UsageError(f"unknown edge kind {kind!r} in {tuple(edge)!r}"
-                                         f"{did_you_mean(str(kind), EDGE_KINDS)}; valid: {', '.join(EDGE_KINDS)}")
+                    check_kind(kind)
                     if not self.has_edge(u, v, kind):
                         raise UsageError(f"no edge {u} -> {v} ({kind}) in the graph: {self._why_no_edge(u, v)}")
                     chosen.append((u, v, kind))
@@ -345,7 +346,6 @@ class ResidualGraph(nx.MultiDiGraph):
         return FilePath(path)
 
 
-_EDGE_COLORS = {"Q": "#1f77b4", "K": "#d62728", "V": "#2ca02c", "mlp_in": "#9467bd", "direct": "#7f7f7f"}
 _SHAPES = {"embed": "box", "pos_embed": "box", "head": "ellipse", "mlp": "box3d", "logits": "doubleoctagon"}
 
 
@@ -378,7 +378,7 @@ def _dot(g: ResidualGraph, name: str) -> str:
     for layer in sorted(layers):
         lines.append(f"  {{ rank=same; {' '.join(_q(n) + ';' for n in layers[layer])} }}")
     for u, v, k, d in g.edges(keys=True, data=True):
-        attrs = {"label": k, "color": _EDGE_COLORS.get(k, "black"),
+        attrs = {"label": k, "color": EDGE_COLOURS.get(k, "black"),
                  **{a: b for a, b in d.items() if isinstance(b, (str, int, float))}}
         lines.append(f"  {_q(u)} -> {_q(v)} [{_attrs(attrs)}];")
     lines.append("}")

@@ -7,17 +7,14 @@ or the logits directly (kind "direct", receiver `logits`).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from circuitry.errors import UsageError
 from circuitry.model.config import ModelConfig
+from circuitry.names import EDGE_KINDS  # noqa: F401 - re-exported by circuitry.interventions
+from circuitry.names import LOGITS, check_component, check_kind, parse_component, parse_edge
 
-EDGE_KINDS = ("Q", "K", "V", "direct")
-LOGITS = "logits"
-
-_HEAD = re.compile(r"^L(\d+)H(\d+)$")
-_MLP = re.compile(r"^M(\d+)$")
+PATCHABLE_KINDS = ("Q", "K", "V", "direct")  # the edge kinds path patching can act on
 
 
 @dataclass(frozen=True, order=True)
@@ -32,16 +29,11 @@ class Node:
         """Node from "L0H1" or "M0" (a Node is returned unchanged)."""
         if isinstance(name, Node):
             return name
-        if not isinstance(name, str):
-            raise UsageError(f"a node is a name like 'L0H1' or 'M0', got {name!r}")
-        m = _HEAD.match(name.strip())
-        if m:
-            return cls(int(m.group(1)), int(m.group(2)))
-        m = _MLP.match(name.strip())
-        if m:
-            return cls(int(m.group(1)), None)
-        raise UsageError(f"bad node name {name!r}: expected a head 'L{{layer}}H{{head}}' (e.g. 'L0H1') "
-                         f"or an MLP 'M{{layer}}' (e.g. 'M0')")
+        comp = parse_component(name)
+        if comp.kind not in ("head", "mlp"):
+            raise UsageError(f"{comp.name}: interventions act on heads (L{{layer}}H{{head}}) and MLPs "
+                             f"(M{{layer}}), not on {comp.name}")
+        return cls(comp.layer, comp.head)  # type: ignore[arg-type]
 
     @property
     def is_head(self) -> bool:
@@ -56,12 +48,7 @@ class Node:
 
     def check(self, cfg: ModelConfig) -> "Node":
         """self, or a UsageError when the model has no such component."""
-        if not 0 <= self.layer < cfg.n_layers:
-            raise UsageError(f"{self.name}: the model has layers 0..{cfg.n_layers - 1}")
-        if self.is_head and not 0 <= self.head < cfg.n_heads:  # type: ignore[operator]
-            raise UsageError(f"{self.name}: the model has heads 0..{cfg.n_heads - 1} per layer")
-        if not self.is_head and cfg.attn_only:
-            raise UsageError(f"{self.name}: the model {cfg.name!r} is attention-only (no MLPs)")
+        check_component(self.name, cfg, allow=("head", "mlp"))
         return self
 
 
@@ -80,22 +67,19 @@ class Edge:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sender", Node.parse(self.sender))
-        if self.kind not in EDGE_KINDS:
-            raise UsageError(f"edge kind must be one of {', '.join(EDGE_KINDS)}, got {self.kind!r}")
+        check_kind(self.kind)
+        if self.kind not in PATCHABLE_KINDS:
+            raise UsageError(f"{self.kind} edges cannot be patched; path patching acts on "
+                             f"{', '.join(PATCHABLE_KINDS)} edges")
         recv = self.receiver
+        receiver = LOGITS if recv is None else (recv.name if isinstance(recv, Node) else recv)
+        edge = parse_edge(f"{self.sender} -> {receiver} ({self.kind})")  # kinds that fit the receiver
         if self.kind == "direct":
-            if recv not in (None, LOGITS):
-                raise UsageError(f"a direct edge goes into {LOGITS!r}, not {recv!s}")
             object.__setattr__(self, "receiver", None)
             return
-        if recv in (None, LOGITS):
-            raise UsageError(f"a {self.kind} edge needs a receiving head, not {LOGITS!r} (use kind 'direct')")
-        recv = Node.parse(recv)  # type: ignore[arg-type]
-        if not recv.is_head:
-            raise UsageError(f"{recv}: only attention heads have {self.kind} inputs")
+        recv = Node.parse(edge.receiver)
         if recv.layer <= self.sender.layer:
-            raise UsageError(f"edge {self.sender} -> {recv}: the receiver must be in a later layer "
-                             f"than the sender")
+            raise UsageError(f"edge {edge}: the receiver must be in a later layer than the sender")
         object.__setattr__(self, "receiver", recv)
 
     @property

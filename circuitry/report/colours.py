@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from circuitry.names import EDGE_COLOURS  # one palette of edge kinds for every picture
+
 BLUES = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b")
 RDBU_R = ("#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d",
           "#b2182b", "#67001f")
@@ -18,8 +20,6 @@ EMPTY = "#eceef1"  # cells without a value
 ROLE_FILLS = ("#fbb4ae", "#b3cde3", "#ccebc5", "#decbe4", "#fed9a6", "#ffffcc", "#e5d8bd", "#fddaec")
 ROLE_STROKES = ("#c0392b", "#2f5f8a", "#3d8b37", "#7b4f8e", "#c77c11", "#a39b1f", "#8c6d46", "#b05b86")
 FIXED_ROLES = {"input": ("#e8e8e8", "#777777"), "output": ("#e8e8e8", "#777777")}
-# edge colours by kind
-EDGE_COLOURS = {"Q": "#6a3d9a", "K": "#e66101", "V": "#1b9e77", "direct": "#555555"}
 MPL_SEQUENTIAL, MPL_DIVERGING = "Blues", "RdBu_r"
 
 

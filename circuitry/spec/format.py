@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuitry.names import EDGE_DOC, EDGE_KINDS, EDGE_PATTERN, NODE_DOC, NODE_PATTERN, Edge, parse_edge
 from circuitry.spec.expect import Expectation, parse_expectation
 from circuitry.spec.loader import Document, SpecError, load_document, load_file
 from circuitry.spec.schema import (
@@ -48,10 +49,7 @@ from circuitry.spec.schema import (
 )
 
 API_VERSION = "circuitry/v1"
-NODE_RE = r"L\d+H\d+|M\d+|embed|pos_embed|logits"
-NODE_DOC = "a component: L{layer}H{head}, M{layer}, embed, pos_embed or logits"
-EDGE_RE = re.compile(rf"^\s*({NODE_RE})\s*->\s*({NODE_RE})\s*\(\s*(Q|K|V|direct)\s*\)\s*$")
-EDGE_KINDS = ("Q", "K", "V", "direct")
+NODE_RE = NODE_PATTERN
 
 
 def _plugin_names(hook: str):
@@ -63,9 +61,7 @@ def _plugin_names(hook: str):
 
 
 NODE = Str(doc=NODE_DOC, pattern=NODE_RE, pattern_doc=NODE_DOC)
-EDGE_STR = Str(doc="an edge 'A -> B (Q|K|V|direct)'",
-               pattern=rf"\s*(?:{NODE_RE})\s*->\s*(?:{NODE_RE})\s*\(\s*(?:Q|K|V|direct)\s*\)\s*",
-               pattern_doc="an edge written 'A -> B (Q|K|V|direct)'")
+EDGE_STR = Str(doc=EDGE_DOC, pattern=EDGE_PATTERN, pattern_doc=EDGE_DOC)
 EDGE_OBJ = Obj({
     "from": Field(NODE, required=True, doc="the sender"),
     "to": Field(NODE, required=True, doc="the receiver (a later head, or logits for direct)"),
@@ -180,16 +176,6 @@ def json_schema(plugins: bool = False) -> dict:
 
 # ------------------------------------------------------------------ typed form
 @dataclass(frozen=True)
-class Edge:
-    sender: str
-    receiver: str
-    kind: str  # Q, K, V or direct
-
-    def __str__(self) -> str:
-        return f"{self.sender} -> {self.receiver} ({self.kind})"
-
-
-@dataclass(frozen=True)
 class Check:
     """One claim; `options` holds the kind-specific keys as written (validated)."""
 
@@ -219,14 +205,6 @@ class CircuitSpec:
 
     def error(self, path: tuple, message: str) -> SpecError:
         return self.document.error(path, message)
-
-
-def parse_edge(value: Any) -> Edge:
-    if isinstance(value, str):
-        m = EDGE_RE.match(value)
-        assert m, value  # validated by the schema
-        return Edge(m.group(1), m.group(2), m.group(3))
-    return Edge(value["from"], value["to"], value["kind"])
 
 
 def as_list(value: Any) -> list:
