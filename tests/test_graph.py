@@ -80,7 +80,7 @@ def test_circuit_with_roles(shipped):
     assert "role" not in g.nodes["L0H0"]  # the full graph is untouched
     induced = g.circuit(["L0H0", "L1H1"])
     assert sorted(induced.edges(keys=True)) == [("L0H0", "L1H1", k) for k in "KQV"]
-    for kwargs, fragment in [(dict(nodes=["L5H0"]), "no node 'L5H0'"),
+    for kwargs, fragment in [(dict(nodes=["L5H0"]), "the model has no head L5H0: it has heads L0H0..L1H3"),
                              (dict(nodes=["L0H0"], edges=[("L1H1", "L0H0", "K")]), "earlier layers"),
                              (dict(nodes=["L0H0"], edges=[("L0H0", "L1H1", "X")]), "unknown edge kind"),
                              (dict(nodes=["L0H0"], edges=[("logits", "L0H0")]), "no edge logits -> L0H0"),
