@@ -1,11 +1,15 @@
 """Typed, frozen records that plugins register through the `circuitry_*` hooks.
 
 A plugin returns a list of these from a registration hook; the plugin manager
-checks their types and that names are unique across plugins.
+checks their types and that names are unique across plugins, and guards their
+functions (`score`, `generate`, `load`, `names`, `build`, `compute`): an
+exception from one, or a return value that `result_problem` rejects, becomes a
+`PluginError` that names the plugin and the record.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -96,8 +100,8 @@ class ModelSource:
 class Intervention:
     """A way to change a run (zero / mean / resample ablation, edge patching ...).
 
-    build(target, **params) returns an object understood by the intervention
-    engine (see circuitry.interventions).
+    build(target, **params) returns one part for the intervention engine: an
+    `Ablation` of a node or an `EdgePatch` of an edge (circuitry.interventions).
     """
 
     name: str
@@ -109,7 +113,8 @@ class Intervention:
 
 @dataclass(frozen=True)
 class Metric:
-    """A number from a run: compute(logits [batch, pos, vocab], batch, clean_logits) -> float."""
+    """A number from a run: compute(logits [batch, pos, vocab], batch, clean_logits) -> float
+    (a real number or a 0-dim tensor)."""
 
     name: str
     description: str
@@ -138,5 +143,113 @@ RECORD_HOOKS: dict[str, type] = {
 }
 
 
+RECORD_KINDS: dict[type, str] = {
+    Detector: "detector",
+    Dataset: "dataset",
+    ModelSource: "model source",
+    Intervention: "intervention",
+    Metric: "metric",
+    Task: "task",
+}
+
+
 def record_key(record: Any) -> str:
+    """The name a record is looked up by: a model source's scheme, every other record's name."""
     return record.scheme if isinstance(record, ModelSource) else record.name
+
+
+def record_kind(record: Any) -> str:
+    """The word for a record in messages: "detector", "model source" ..."""
+    for cls, kind in RECORD_KINDS.items():
+        if isinstance(record, cls):
+            return kind
+    return type(record).__name__.lower()
+
+
+# ------------------------------------------------------------------ return values
+def _describe(value: Any) -> str:
+    """A short description of a value for messages: its type, and a tensor's shape."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dim"):
+        return f"a tensor of shape {tuple(shape)}"
+    return "None" if value is None else type(value).__name__
+
+
+def _detector_score(rec: Detector, result: Any, args: tuple, kwargs: dict) -> str | None:
+    import torch
+
+    if rec.kind == "pair":
+        return None if isinstance(result, PairScores) else "a PairScores"
+    inp = args[0] if args else kwargs.get("inp")
+    model = getattr(inp, "model", None)
+    cfg = getattr(model, "cfg", None)
+    shape = (cfg.n_layers, cfg.n_heads) if cfg is not None else None
+    if isinstance(result, torch.Tensor) and (tuple(result.shape) == shape if shape else result.dim() == 2):
+        return None
+    return f"a tensor of shape {shape or '[layer, head]'} [layer, head]"
+
+
+def _dataset_generate(rec: Dataset, result: Any, args: tuple, kwargs: dict) -> str | None:
+    from circuitry.data import TokenBatch
+
+    return None if isinstance(result, TokenBatch) else "a circuitry.data.TokenBatch"
+
+
+def _source_load(rec: ModelSource, result: Any, args: tuple, kwargs: dict) -> str | None:
+    from circuitry.model import HookedTransformer
+
+    return None if isinstance(result, HookedTransformer) else "a circuitry.model.HookedTransformer"
+
+
+def _source_names(rec: ModelSource, result: Any, args: tuple, kwargs: dict) -> str | None:
+    ok = isinstance(result, (list, tuple)) and all(isinstance(n, str) for n in result)
+    return None if ok else "a list of model names (str)"
+
+
+def _intervention_build(rec: Intervention, result: Any, args: tuple, kwargs: dict) -> str | None:
+    from circuitry.interventions import Ablation, EdgePatch
+
+    return None if isinstance(result, (Ablation, EdgePatch)) else "an Ablation or EdgePatch"
+
+
+def _metric_compute(rec: Metric, result: Any, args: tuple, kwargs: dict) -> str | None:
+    import torch
+
+    if isinstance(result, numbers.Real) and not isinstance(result, bool):
+        return None
+    if isinstance(result, torch.Tensor) and result.dim() == 0 and not result.dtype.is_complex:
+        return None
+    return "a real number or a 0-dim tensor"
+
+
+RESULT_CHECKS: dict[tuple[type, str], Callable[[Any, Any, tuple, dict], str | None]] = {
+    (Detector, "score"): _detector_score,
+    (Dataset, "generate"): _dataset_generate,
+    (ModelSource, "load"): _source_load,
+    (ModelSource, "names"): _source_names,
+    (Intervention, "build"): _intervention_build,
+    (Metric, "compute"): _metric_compute,
+}
+
+
+def result_check(record: Any, field_name: str) -> Callable[[Any, tuple, dict], str | None] | None:
+    """The check of what `record.<field_name>(*args, **kwargs)` returns, or None for fields
+    without a declared return type.
+
+    The check takes (result, args, kwargs) and returns None when the result is
+    right, else "expected X, got Y".
+    """
+    for (cls, name), check in RESULT_CHECKS.items():
+        if name == field_name and isinstance(record, cls):
+            def checked(result: Any, args: tuple, kwargs: dict, check=check) -> str | None:
+                expected = check(record, result, args, kwargs)
+                return None if expected is None else f"expected {expected}, got {_describe(result)}"
+            return checked
+    return None
+
+
+def result_problem(record: Any, field_name: str, result: Any, args: tuple = (),
+                   kwargs: Mapping[str, Any] | None = None) -> str | None:
+    """Why `result` is not what `record.<field_name>(*args, **kwargs)` must return, or None."""
+    check = result_check(record, field_name)
+    return None if check is None else check(result, tuple(args), dict(kwargs or {}))

@@ -81,9 +81,9 @@ def test_disable_by_env_and_cli(monkeypatch, capsys):
         assert main(["-p", "no:detectors", "plugins", "--json"]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert {p["name"]: p["status"] for p in doc["plugins"]}["detectors"] == "disabled"
-        # with the detectors disabled, scan says the detector is unknown
+        # with the detectors disabled, scan cannot use their detectors (a usage error)
         assert main(["-p", "no:detectors", "scan", "builtin:attn-only-2l", "--detectors", "induction"]) == 2
-        assert "unknown detector 'induction'" in capsys.readouterr().err
+        assert "'induction'" in capsys.readouterr().err
     finally:
         reset_manager()
 
@@ -98,9 +98,23 @@ def test_name_clash_names_both_plugins(circuitry_plugin):
     from circuitry.plugins import get_manager
 
     circuitry_plugin(_Clash(), "clashing")
-    with pytest.raises(PluginError) as exc:
+    detectors = get_manager().detectors()
+    assert "induction" not in detectors and "previous_token" in detectors  # the rest still works
+    with pytest.raises(UsageError) as exc:
+        get_manager().get("detectors", "induction")
+    msg = str(exc.value)
+    assert "'detectors'" in msg and "'clashing'" in msg and "-p no:clashing" in msg
+    with pytest.raises(UsageError, match="registered by both"):
+        detectors["induction"]  # indexing is the same lookup
+
+
+def test_name_clash_is_fatal_in_strict_mode(circuitry_plugin, monkeypatch):
+    from circuitry.plugins import get_manager
+
+    circuitry_plugin(_Clash(), "clashing")
+    monkeypatch.setattr(get_manager(), "strict", True)
+    with pytest.raises(PluginError, match="registered by both"):
         get_manager().detectors()
-    assert "'detectors'" in str(exc.value) and "'clashing'" in str(exc.value)
 
 
 class _Wrong:
@@ -109,10 +123,16 @@ class _Wrong:
         return ["not a record"]
 
 
-def test_wrong_record_type_is_an_error(circuitry_plugin):
+def test_wrong_record_type_skips_the_plugin(circuitry_plugin, monkeypatch):
     from circuitry.plugins import get_manager
 
     circuitry_plugin(_Wrong(), "wrong")
+    assert "induction" in get_manager().detectors()
+    failed = {i.name: i.error for i in get_manager().failed}
+    assert "returned str, expected Detector" in failed["wrong"]
+    get_manager().unregister("wrong")
+    circuitry_plugin(_Wrong(), "wrong")
+    monkeypatch.setattr(get_manager(), "strict", True)
     with pytest.raises(PluginError, match="returned str, expected Detector"):
         get_manager().detectors()
 

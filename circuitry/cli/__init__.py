@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         out.error(f"internal error: {type(exc).__name__}: {exc} (set CIRCUITRY_DEBUG=1 for a traceback)")
         return 3
     finally:
-        _warn_failed_plugins(out)
+        _warn_plugin_problems(out)
 
 
 def _apply_plugin_options(options: list[str]) -> None:
@@ -93,13 +93,20 @@ def _apply_plugin_options(options: list[str]) -> None:
         disable(names)
 
 
-def _warn_failed_plugins(out) -> None:
+def _warn_plugin_problems(out) -> None:
+    """Warn about skipped plugins, clashing names and `-p no:NAME` naming no plugin."""
     from circuitry import plugins
+    from circuitry.errors import did_you_mean
 
-    if plugins._manager is not None:
-        for info in plugins._manager.failed:
-            out.info(f"warning: plugin {info.name!r} ({info.module}) failed to import and was skipped: "
-                     f"{info.error}")
+    manager = plugins._manager
+    if manager is None:
+        return
+    for info in manager.failed:
+        out.info(f"warning: plugin {info.name!r} ({info.module}) was skipped: {info.error}")
+    for clash in manager.clashes:
+        out.info(f"warning: {clash.message}")
+    for name in sorted(plugins._cli_disabled - set(manager.infos)):
+        out.info(f"warning: -p no:{name}: no plugin is named {name!r}{did_you_mean(name, manager.infos)}")
 
 
 def entry() -> None:
