@@ -108,12 +108,13 @@ def test_name_clash_names_both_plugins(circuitry_plugin):
         detectors["induction"]  # indexing is the same lookup
 
 
-def test_name_clash_is_fatal_in_strict_mode(circuitry_plugin, monkeypatch):
+def test_name_clash_is_fatal_in_strict_mode(monkeypatch):
     from circuitry.plugins import get_manager
+    from circuitry.testing import registered_plugin
 
-    circuitry_plugin(_Clash(), "clashing")
     monkeypatch.setattr(get_manager(), "strict", True)
-    with pytest.raises(PluginError, match="registered by both"):
+    with (registered_plugin(_Clash(), "clashing", check=False),
+          pytest.raises(PluginError, match="registered by both")):
         get_manager().detectors()
 
 
@@ -123,18 +124,21 @@ class _Wrong:
         return ["not a record"]
 
 
-def test_wrong_record_type_skips_the_plugin(circuitry_plugin, monkeypatch):
+def test_wrong_record_type_skips_the_plugin(monkeypatch):
     from circuitry.plugins import get_manager
+    from circuitry.testing import registered_plugin
 
-    circuitry_plugin(_Wrong(), "wrong")
-    assert "induction" in get_manager().detectors()
-    failed = {i.name: i.error for i in get_manager().failed}
-    assert "returned str, expected Detector" in failed["wrong"]
-    get_manager().unregister("wrong")
-    circuitry_plugin(_Wrong(), "wrong")
-    monkeypatch.setattr(get_manager(), "strict", True)
-    with pytest.raises(PluginError, match="returned str, expected Detector"):
-        get_manager().detectors()
+    with registered_plugin(_Wrong(), "wrong", check=False):
+        assert "induction" in get_manager().detectors()
+        failed = {i.name: i.error for i in get_manager().failed}
+        assert "returned str, expected Detector" in failed["wrong"]
+    with (pytest.raises(PluginError, match="plugin 'wrong' was skipped: .*returned str, expected Detector"),
+          registered_plugin(_Wrong(), "wrong")):
+        pass
+    with registered_plugin(_Wrong(), "wrong", check=False):
+        monkeypatch.setattr(get_manager(), "strict", True)
+        with pytest.raises(PluginError, match="returned str, expected Detector"):
+            get_manager().detectors()
 
 
 class _Attends:
