@@ -152,9 +152,12 @@ def head_names(cfg: Any) -> list[str]:
 
 def head_index(name: str) -> tuple[int, int]:
     """(layer, head) of a head name; a UsageError for anything else."""
-    comp = parse_component(name)
+    try:
+        comp = parse_component(name)
+    except UsageError:
+        comp = Component(EMBED)
     if not comp.is_head:
-        raise UsageError(f"{name!r} is not a head: expected L{{layer}}H{{head}}, e.g. L1H2")
+        raise UsageError(f"{name!r} is not a head name: expected L{{layer}}H{{head}}, e.g. L1H2")
     return comp.layer, comp.head  # type: ignore[return-value]
 
 

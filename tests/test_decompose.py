@@ -206,7 +206,7 @@ def test_loss_ladder_has_an_mlp_rung():
     ("L5H0", "L0H0..L1H3"),
     (("L1H0", "L0H1"), "earlier layer"),
     (("L0H0", "L0H1"), "earlier layer"),
-    ("L0H9", "heads 0..3"),
+    ("L0H9", "no head L0H9: it has heads L0H0..L1H3"),
     ("M0", "attention-only"),
     ("foo", "unknown path component 'foo'"),
     (("L0H0", "L1H0", "L1H1"), "three or more"),

@@ -29,5 +29,5 @@ def test_graph_api_tour_runs(tmp_path, monkeypatch, capsys):
         exec(code, namespace)  # noqa: S102 - the documentation's own examples
     out = capsys.readouterr().out
     assert "terms sum to the logits within" in out
-    assert "no head 'L5H0'" in out
+    assert "the model has no head L5H0" in out
     assert (tmp_path / "circuit.json").exists() and (tmp_path / "graph.graphml").exists()

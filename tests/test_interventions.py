@@ -288,7 +288,7 @@ def test_bad_input_gives_usage_errors(shipped):
     no_patterns = clean_run(shipped, tokens, patterns=False)
     cases = [
         (lambda: run_interventions(shipped, clean, [Ablation("M0")]), "attention-only"),
-        (lambda: run_interventions(shipped, clean, [Ablation("L2H0")]), "layers 0..1"),
+        (lambda: run_interventions(shipped, clean, [Ablation("L2H0")]), "no head L2H0"),
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0", "mean")], reference=tokens[:, :5]),
          "positions"),
         (lambda: run_interventions(shipped, tokens[:1], [Ablation("L0H0", "resample")]), "at least 2"),
