@@ -33,7 +33,7 @@ import functools
 import importlib.metadata as md
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pluggy
@@ -48,6 +48,7 @@ from circuitry.records import (
     Metric,
     ModelSource,
     Task,
+    function_fields,
     record_key,
     record_kind,
     result_check,
@@ -182,8 +183,7 @@ def _guard(fn: Callable, plugin: str, record: Any, field_name: str) -> Callable:
 
 def guard_record(record: Any, plugin: str) -> Any:
     """A copy of `record` whose functions run behind the guard (the originals stay as `__wrapped__`)."""
-    changes = {f.name: _guard(v, plugin, record, f.name) for f in fields(record)
-               if callable(v := getattr(record, f.name))}
+    changes = {name: _guard(getattr(record, name), plugin, record, name) for name in function_fields(record)}
     return replace(record, **changes) if changes else record
 
 
@@ -288,6 +288,7 @@ class PluginManager:
         if self.pm.has_plugin(name):
             raise PluginError(f"a plugin named {name!r} is already registered")
         self.pm.register(plugin, name=name)
+        self._failed_provides.pop(name, None)
         module = getattr(plugin, "__name__", type(plugin).__name__)
         version = version or getattr(plugin, "__version__", "") or ""
         self.infos[name] = PluginInfo(name, str(version), str(module), "loaded")

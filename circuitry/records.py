@@ -158,6 +158,15 @@ def record_key(record: Any) -> str:
     return record.scheme if isinstance(record, ModelSource) else record.name
 
 
+def function_fields(record: Any) -> tuple[str, ...]:
+    """The fields of a record that hold plugin code: those annotated `Callable` (score, generate,
+    load, names, build, compute)."""
+    from dataclasses import fields
+
+    return tuple(f.name for f in fields(record)
+                 if "Callable" in str(f.type) and callable(getattr(record, f.name)))
+
+
 def record_kind(record: Any) -> str:
     """The word for a record in messages: "detector", "model source" ..."""
     for cls, kind in RECORD_KINDS.items():
