@@ -19,6 +19,29 @@ from circuitry.errors import ModelLoadError, did_you_mean
 NORMALIZATIONS = (None, "LN", "LNPre", "RMS", "RMSPre")
 POSITIONALS = ("learned", "rotary", "none")
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
+LAYER_OVERHEAD = 64 * 2**10  # bytes of Python objects (modules, hook points) per block
+MAX_INT = 2**63  # sizes must fit torch's int64
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """repr(value) for a message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v: Any) -> bool:
+    return _int(v) and 0 < v < MAX_INT
+
+
+def _positive_number(v: Any) -> bool:
+    """A finite int or float above zero (not a bool)."""
+    if _int(v):
+        return v > 0
+    return isinstance(v, float) and math.isfinite(v) and v > 0
 
 
 @dataclass(frozen=True)
@@ -66,32 +89,85 @@ class ModelConfig:
     name: str = "model"
 
     def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ModelLoadError(f"invalid model config: {msg}")
+        problem = self.problem()
+        if problem:
+            raise ModelLoadError(f"invalid model config: {problem}")
 
+    def problem(self) -> str | None:
+        """What is wrong with this config (the first thing found), or None."""
+        checks = (self._problem_in_sizes, self._problem_in_choices, self._problem_in_numbers,
+                  self._problem_in_flags)
+        return next((p for p in (check() for check in checks) if p), None)
+
+    def _problem_in_sizes(self) -> str | None:
         for f in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx"):
+            if not _positive_int(getattr(self, f)):
+                return f"{f} must be a positive integer, got {show(getattr(self, f))}"
+        for f in ("d_mlp", "n_kv_heads", "rotary_dim", "attn_window"):
             v = getattr(self, f)
-            need(isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                 f"{f} must be a positive integer, got {v!r}")
-        need(self.normalization in NORMALIZATIONS,
-             f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        need(self.positional in POSITIONALS,
-             f"positional must be one of {POSITIONALS}, got {self.positional!r}")
-        need(self.act_fn in ACTIVATIONS,
-             f"act_fn must be one of {ACTIVATIONS}, got {self.act_fn!r}")
-        need(self.d_mlp is None or (isinstance(self.d_mlp, int) and self.d_mlp > 0),
-             f"d_mlp must be a positive integer or null, got {self.d_mlp!r}")
-        kv = self.n_kv_heads or self.n_heads
-        need(self.n_heads % kv == 0, f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+            if v is not None and not _positive_int(v):
+                return f"{f} must be a positive integer or null, got {show(v)}"
+        if self.n_heads % self.kv_heads:
+            return f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})"
         if self.positional == "rotary":
             rd = self.rotary_dim or self.d_head
-            need(0 < rd <= self.d_head and rd % 2 == 0,
-                 f"rotary_dim must be even and at most d_head ({self.d_head}), got {rd}")
-        need(self.attn_window is None or (isinstance(self.attn_window, int) and self.attn_window > 0),
-             f"attn_window must be a positive integer or null, got {self.attn_window!r}")
-        need(self.bos_token_id is None or 0 <= self.bos_token_id < self.d_vocab,
-             f"bos_token_id {self.bos_token_id} is outside the vocabulary (0..{self.d_vocab - 1})")
+            if rd > self.d_head or rd % 2:
+                return f"rotary_dim must be even and at most d_head ({self.d_head}), got {rd}"
+        if self.bos_token_id is not None and not (_int(self.bos_token_id) and 0 <= self.bos_token_id < self.d_vocab):
+            return f"bos_token_id {show(self.bos_token_id)} is outside the vocabulary (0..{self.d_vocab - 1})"
+        return None
+
+    def _problem_in_choices(self) -> str | None:
+        for f, choices in (("normalization", NORMALIZATIONS), ("positional", POSITIONALS), ("act_fn", ACTIVATIONS)):
+            v = getattr(self, f)
+            if not (v is None or isinstance(v, str)) or v not in choices:
+                return f"{f} must be one of {choices}, got {show(v)}"
+        if not isinstance(self.name, str):
+            return f"name must be a string, got {show(self.name)}"
+        return None
+
+    def _problem_in_numbers(self) -> str | None:
+        for f in ("norm_eps", "rotary_base"):
+            if not _positive_number(getattr(self, f)):
+                return f"{f} must be a finite number > 0, got {show(getattr(self, f))}"
+        if self.attn_scale is not None and not _positive_number(self.attn_scale):
+            return f"attn_scale must be a finite number > 0 or null, got {show(self.attn_scale)}"
+        return None
+
+    def _problem_in_flags(self) -> str | None:
+        for f in ("gated_mlp", "parallel_attn_mlp", "attn_bias", "mlp_bias", "unembed_bias", "tied_embeddings"):
+            if not isinstance(getattr(self, f), bool):
+                return f"{f} must be true or false, got {show(getattr(self, f))}"
+        if self.attn_out_bias is not None and not isinstance(self.attn_out_bias, bool):
+            return f"attn_out_bias must be true, false or null, got {show(self.attn_out_bias)}"
+        return None
+
+    # memory --------------------------------------------------------------
+    def n_params_estimate(self) -> int:
+        """The number of parameters a `HookedTransformer` of this config holds (exact)."""
+        d, h, kv, dh = self.d_model, self.n_heads, self.kv_heads, self.d_head
+        attn = (h + 2 * kv) * d * dh + h * dh * d
+        if self.attn_bias:
+            attn += (h + 2 * kv) * dh
+        if self.has_attn_out_bias:
+            attn += d
+        norm = {"LN": 2 * d, "RMS": d}.get(self.normalization or "", 0)
+        block = attn + norm
+        if not self.attn_only:
+            m = self.d_mlp or 0
+            block += (3 if self.gated_mlp else 2) * d * m + norm + ((m + d) if self.mlp_bias else 0)
+        total = self.n_layers * block + self.d_vocab * d + norm
+        if self.positional == "learned":
+            total += self.n_ctx * d
+        if not self.tied_embeddings:
+            total += d * self.d_vocab
+        if self.unembed_bias:
+            total += self.d_vocab
+        return total
+
+    def memory_estimate(self, copies: int = 1) -> int:
+        """Bytes that `copies` float32 copies of the model need, with the Python objects of its layers."""
+        return copies * (4 * self.n_params_estimate() + LAYER_OVERHEAD * self.n_layers)
 
     # derived values -----------------------------------------------------
     @property
@@ -125,7 +201,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> ModelConfig:
         if not isinstance(data, dict):
             raise ModelLoadError(f"{where}: expected a JSON object, got {type(data).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
@@ -139,13 +215,21 @@ class ModelConfig:
             raise ModelLoadError(f"{where}: missing config key(s) {', '.join(required)}")
         try:
             return cls(**data)
-        except TypeError as exc:  # pragma: no cover - defensive
+        except ModelLoadError as exc:
             raise ModelLoadError(f"{where}: {exc}") from None
 
     @classmethod
-    def from_json(cls, text: str, where: str = "config") -> "ModelConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-        return cls.from_dict(data, where)
+    def from_json(cls, text: str, where: str = "config") -> ModelConfig:
+        return cls.from_dict(parse_json(text, where), where)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text -> a Python value, or a one-line ModelLoadError naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise ModelLoadError(f"{where}: not a usable config (JSON nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ModelLoadError(f"{where}: not a usable config ({exc})") from None

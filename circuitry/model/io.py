@@ -8,19 +8,27 @@ other formats are refused with a clear message.
 
 from __future__ import annotations
 
-import json
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from circuitry.errors import ModelLoadError
+from circuitry.budget import require
+from circuitry.errors import ModelLoadError, UsageError
 from circuitry.fileio import atomic_write, atomic_write_text
-from circuitry.model.config import ModelConfig
+from circuitry.model.config import ModelConfig, parse_json
 from circuitry.model.transformer import HookedTransformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META_KEY = "circuitry_config"
+MAX_CONFIG_BYTES = 16 * 2**20
+PICKLES = "torch files are read with weights_only=True: plain tensors and containers only, never code"
 
 
 def _state(model: HookedTransformer) -> dict[str, torch.Tensor]:
@@ -41,25 +49,155 @@ def save_model(model: HookedTransformer, path: str | Path, metadata: dict[str, s
     return path
 
 
-def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def probe(path: Path) -> str | None:
+    """'dir', 'file' or None (nothing there); a ModelLoadError for a path that cannot be
+    looked at (a name too long, a NUL byte, no permission)."""
+    try:
+        if path.is_dir():
+            return "dir"
+        return "file" if path.exists() else None
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ModelLoadError(f"{_short(path)}: not a usable path ({why})") from None
+
+
+def _short(path: Path | str, limit: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def expand(ref: str) -> Path:
+    """`ref` as a path with ~ expanded; a ModelLoadError when the home directory is unknown."""
+    try:
+        return Path(ref).expanduser()
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{_short(ref)}: not a usable path ({exc})") from None
+
+
+def read_text_file(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a small file (a config), or a one-line ModelLoadError naming it."""
+    kind = probe(path)
+    if kind is None:
+        raise ModelLoadError(f"{path}: no such file")
+    if kind == "dir":
+        raise ModelLoadError(f"{path}: is a directory, expected a file")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ModelLoadError(f"{path}: {size:,} bytes is too large for a config file (at most {max_bytes:,})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value of a small file, or a one-line ModelLoadError naming it."""
+    return parse_json(read_text_file(path), str(path))
+
+
+def _open_safetensors(file: Path, read: Callable[[Any], Any]) -> Any:
     from safetensors import SafetensorError, safe_open
 
+    kind = probe(file)
+    if kind != "file":
+        raise ModelLoadError(f"{file}: {'is a directory' if kind else 'no such file'}, expected a safetensors file")
     try:
         with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{file}: not a readable safetensors file ({exc})") from None
+            return read(f)
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{file}: not a readable safetensors file ({first})") from None
+
+
+def safetensors_metadata(file: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, from its header alone (the header is checked:
+    offsets, shapes and dtypes must describe the file exactly)."""
+    return _open_safetensors(file, lambda f: f.metadata() or {})
+
+
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, or a one-line ModelLoadError naming it."""
+    return _open_safetensors(file, _all_tensors)
+
+
+def _all_tensors(f: Any) -> dict[str, torch.Tensor]:
+    names = list(f.keys())
+    return {k: f.get_tensor(k) for k in names}
+
+
+def _pickle_problem(exc: Exception) -> str:
+    """A short reason from torch's weights_only error (without its advice text)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"refused: the pickle would import {found.group(1)} ({PICKLES})"
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return f"refused: the pickle holds more than tensors ({PICKLES})"
+    first = text.strip().splitlines()[0] if text.strip() else "the file ends early"
+    return f"not a readable torch checkpoint ({type(exc).__name__}: {first})"
+
+
+def read_torch_file(file: Path) -> Any:
+    """A torch checkpoint read with `torch.load(weights_only=True)` (never code), memory-mapped
+    when it is a zip archive; a one-line ModelLoadError otherwise."""
+    kind = probe(file)
+    if kind != "file":
+        raise ModelLoadError(f"{file}: {'is a directory' if kind else 'no such file'}, expected a torch checkpoint")
+    try:
+        mapped = zipfile.is_zipfile(file)
+        if not mapped:
+            require(2 * file.stat().st_size, f"{file}: reading this checkpoint")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mapped)
+    except ModelLoadError:
+        raise
+    except UsageError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
+        raise ModelLoadError(f"{file}: {_pickle_problem(exc)}") from None
+
+
+def require_memory(cfg: ModelConfig, where: str, copies: int = 2, extra: int = 0) -> None:
+    """A ModelLoadError (exit 2) before anything is allocated when loading the model of `cfg`
+    (`copies` copies of its weights, plus `extra` bytes) would exceed the memory budget."""
+    try:
+        require(cfg.memory_estimate(copies) + extra, f"{where}: a model of {cfg.n_params_estimate():,} parameters")
+    except UsageError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
+def _config_of(weights: Path, config_file: Path, single: bool) -> ModelConfig:
+    """The config of a checkpoint: a single file's metadata first, else config.json beside it."""
+    meta = safetensors_metadata(weights)
+    if META_KEY in meta and single:
+        return ModelConfig.from_json(meta[META_KEY], where=f"{weights} (metadata)")
+    if probe(config_file):
+        raw = read_json(config_file)
+        if isinstance(raw, dict) and "model_type" in raw:
+            raise ModelLoadError(f"{config_file}: this is a Hugging Face config; load the directory with hf:PATH")
+        return ModelConfig.from_dict(raw, where=str(config_file))
+    if META_KEY in meta:
+        return ModelConfig.from_json(meta[META_KEY], where=f"{weights} (metadata)")
+    raise ModelLoadError(f"{weights}: no {CONFIG} beside it and no config in its metadata")
 
 
 def load_model_file(path: str | Path, device: str | torch.device | None = None) -> HookedTransformer:
-    """Load a model saved by `save_model` (a directory or a .safetensors file)."""
+    """Load a model saved by `save_model` (a directory or a .safetensors file).
+
+    The config is read and checked, and the memory the model needs is compared with the
+    budget, before any weight is read or any tensor allocated."""
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"no such model file or directory: {path}")
-    if path.is_dir():
+    kind = probe(path)
+    if kind is None:
+        raise ModelLoadError(f"no such model file or directory: {_short(path)}")
+    if kind == "dir":
         weights, config_file = path / WEIGHTS, path / CONFIG
-        if not weights.exists():
+        if probe(weights) is None:
             raise ModelLoadError(f"{path}: directory has no {WEIGHTS}")
     else:
         if path.suffix != ".safetensors":
@@ -67,27 +205,41 @@ def load_model_file(path: str | Path, device: str | torch.device | None = None) 
                 f"{path}: only safetensors checkpoints are loaded (a .safetensors file or a directory "
                 f"with {WEIGHTS} and {CONFIG}); convert other formats first")
         weights, config_file = path, path.parent / CONFIG
-    state, meta = _read_safetensors(weights)
-    if META_KEY in meta and not path.is_dir():
-        cfg = ModelConfig.from_json(meta[META_KEY], where=f"{weights} (metadata)")
-    elif config_file.exists():
-        cfg = ModelConfig.from_json(config_file.read_text(), where=str(config_file))
-    elif META_KEY in meta:
-        cfg = ModelConfig.from_json(meta[META_KEY], where=f"{weights} (metadata)")
-    else:
-        raise ModelLoadError(f"{weights}: no {CONFIG} beside it and no config in its metadata")
+    cfg = _config_of(weights, config_file, single=kind == "file")
+    require_memory(cfg, str(weights), copies=1, extra=weights.stat().st_size)
+    state = read_safetensors(weights)
     model = HookedTransformer(cfg, seed=None)
     load_state(model, state, where=str(weights))
     model.source = str(path)
     return model.to(device) if device else model
 
 
-def load_state(model: HookedTransformer, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load a state dict with a one-line error for missing, unexpected or misshapen tensors."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
+def check_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    """A ModelLoadError naming the first tensor that is not real floating point or holds NaN or inf."""
+    for k, v in state.items():
+        if not v.is_floating_point():
+            raise ModelLoadError(f"{where}: tensor {k} has dtype {str(v.dtype).removeprefix('torch.')}; "
+                                 f"weights must be real floating-point numbers")
+        if v.numel() and not bool(torch.isfinite(v).all()):
+            bad = "NaN" if bool(torch.isnan(v).any()) else "infinite"
+            raise ModelLoadError(f"{where}: tensor {k} holds {bad} values")
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a model of `cfg`, from a model built on the meta device
+    (no memory is allocated)."""
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, seed=None)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], where: str,
+                 complete: bool = True) -> None:
+    """A one-line ModelLoadError for misshapen tensors, and (when `complete`) for missing or
+    unexpected ones."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if complete and (missing or unexpected):
         parts = []
         if missing:
             parts.append(f"missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
@@ -95,18 +247,26 @@ def load_state(model: HookedTransformer, state: dict[str, torch.Tensor], where: 
             parts.append(f"unexpected tensors {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
         raise ModelLoadError(f"{where}: weights do not match the config: {'; '.join(parts)}")
     for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise ModelLoadError(f"{where}: tensor {k} has shape {tuple(v.shape)}, config expects {tuple(own[k].shape)}")
+        if k in expected and tuple(v.shape) != expected[k]:
+            raise ModelLoadError(f"{where}: tensor {k} has shape {tuple(v.shape)}, config expects {expected[k]}")
+
+
+def load_state(model: HookedTransformer, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict with a one-line error for missing, unexpected, misshapen, non-float or
+    non-finite tensors."""
+    own = model.state_dict()
+    check_shapes({k: tuple(v.shape) for k, v in own.items()}, state, where)
+    check_weights(state, where)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The safetensors metadata of a model file or directory."""
+    """The safetensors metadata of a model file or directory (from the header alone)."""
     path = Path(path)
-    weights = path / WEIGHTS if path.is_dir() else path
-    return _read_safetensors(weights)[1] if weights.exists() else {}
+    weights = path / WEIGHTS if probe(path) == "dir" else path
+    return safetensors_metadata(weights) if probe(weights) else {}
 
 
 def metadata_json(path: str | Path, key: str) -> dict | None:
     raw = read_metadata(path).get(key)
-    return json.loads(raw) if raw else None
+    return parse_json(raw, f"{path} (metadata {key})") if raw else None

@@ -8,20 +8,21 @@ A shipped model saved in Hugging Face format (its config.json has a
 
 from __future__ import annotations
 
-import json
-
 from circuitry import hookimpl
 from circuitry.errors import ModelLoadError, unknown_name
 from circuitry.model import load_model_file
+from circuitry.model.io import probe, read_json
 from circuitry.records import ModelSource
 from circuitry.sources import builtin_models
 
 
 def _is_hf_dir(path) -> bool:
-    try:
-        return "model_type" in json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+    """True when the directory's config.json is a Hugging Face config (has a model_type)."""
+    config = path / "config.json"
+    if probe(config) != "file":
         return False
+    raw = read_json(config)
+    return isinstance(raw, dict) and "model_type" in raw
 
 
 def _load_builtin(name: str, device=None):

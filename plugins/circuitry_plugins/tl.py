@@ -21,7 +21,6 @@ scaled rotary ...) are refused by name.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,19 @@ import torch
 from circuitry import hookimpl
 from circuitry.errors import ModelLoadError
 from circuitry.model import HookedTransformer, ModelConfig
-from circuitry.model.io import load_state
+from circuitry.model.config import show
+from circuitry.model.io import (
+    check_shapes,
+    check_weights,
+    expand,
+    expected_shapes,
+    load_state,
+    probe,
+    read_json,
+    read_safetensors,
+    read_torch_file,
+    require_memory,
+)
 from circuitry.records import ModelSource
 
 CONFIG_NAMES = ("config.json", "cfg.json")
@@ -82,85 +93,184 @@ REFUSED = {
 }
 
 
+# fields whose values must have a type before anything is computed from them
+SIZES = ("n_layers", "d_model", "n_ctx", "d_head", "d_vocab")
+OPTIONAL_SIZES = ("n_heads", "d_mlp", "n_key_value_heads", "rotary_dim", "d_vocab_out")  # null or -1: unset
+NUMBERS = ("eps", "attn_scale", "rotary_base")
+FLAGS = ("attn_only", "gated_mlp", "parallel_attn_mlp", "use_attn_scale", "rotary_adjacent_pairs",
+         "scale_attn_by_inverse_layer_idx", "final_rms")
+
+
 def _off(value: Any) -> bool:
-    return value in (None, False, 0, "", [], {})
+    try:
+        return value in (None, False, 0, "", [], {})
+    except TypeError:  # a value that cannot be compared
+        return False
+
+
+def _is_off(key: str, value: Any) -> bool:
+    """Whether a refused feature is switched off; a value of the wrong type counts as on."""
+    try:
+        return bool(REFUSED[key](value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _int(value: Any) -> bool:
+    """An int that fits int64 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+
+
+def _type_problem(raw: dict[str, Any]) -> str | None:
+    """The first field whose value has the wrong type or range, or None."""
+    for key in SIZES:
+        if key in raw and raw[key] is not None and not (_int(raw[key]) and raw[key] > 0):
+            return f"{key} must be a positive integer, got {show(raw[key])}"
+    for key in OPTIONAL_SIZES:
+        v = raw.get(key)
+        if v not in (None, -1) and not (_int(v) and v > 0):
+            return f"{key} must be a positive integer (or null), got {show(v)}"
+    for key in NUMBERS:
+        v = raw.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            return f"{key} must be a finite number, got {show(v)}"
+    for key in FLAGS:
+        if raw.get(key) not in (None, True, False):
+            return f"{key} must be true or false, got {show(raw[key])}"
+    return None
 
 
 def tl_config(raw: dict[str, Any], where: str) -> tuple[ModelConfig, dict[str, Any]]:
-    """A TransformerLens config dict -> (ModelConfig, options for the state conversion)."""
+    """A TransformerLens config dict -> (ModelConfig, options for the state conversion).
+
+    Every field is checked (types, ranges, divisibility) before anything is computed from it."""
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{where}: expected a JSON object (a TransformerLens config)")
     if "n_layers" not in raw and "model_type" in raw:
         raise ModelLoadError(f"{where}: this is a Hugging Face config; load the directory with hf:PATH")
-    for key, is_off in REFUSED.items():
-        if key in raw and not is_off(raw[key]):
-            raise ModelLoadError(f"{where}: TransformerLens feature {key}={raw[key]!r} is not supported by "
-                                 f"circuitry's model")
+    problem = _feature_problem(raw) or _type_problem(raw) or _choice_problem(raw)
+    if problem:
+        raise ModelLoadError(f"{where}: {problem}")
+    try:
+        cfg = ModelConfig(**_model_fields(raw))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+    pos = raw.get("positional_embedding_type", "standard")
+    options = {"adjacent_pairs": bool(raw.get("rotary_adjacent_pairs")) and pos == "rotary",
+               "inverse_layer_scale": bool(raw.get("scale_attn_by_inverse_layer_idx"))}
+    return cfg, options
+
+
+def _feature_problem(raw: dict[str, Any]) -> str | None:
+    """A refused feature that is on, an unknown field that is on, or a missing field."""
+    for key in REFUSED:
+        if key in raw and not _is_off(key, raw[key]):
+            return f"TransformerLens feature {key}={show(raw[key])} is not supported by circuitry's model"
     unknown = [k for k in raw if k not in MAPPED | IGNORED | set(REFUSED) and not _off(raw[k])]
     if unknown:
-        raise ModelLoadError(f"{where}: unknown TransformerLens config field(s) "
-                             f"{', '.join(f'{k}={raw[k]!r}' for k in unknown[:3])}; circuitry cannot tell "
-                             f"whether they change the model")
-    missing = [k for k in ("n_layers", "d_model", "n_ctx", "d_head", "d_vocab") if raw.get(k) is None]
+        return (f"unknown TransformerLens config field(s) {', '.join(f'{_label(k)}={show(raw[k])}' for k in unknown[:3])}; "
+                f"circuitry cannot tell whether they change the model")
+    missing = [k for k in SIZES if raw.get(k) is None]
     if missing:
-        raise ModelLoadError(f"{where}: missing TransformerLens config field(s) {', '.join(missing)}")
+        return f"missing TransformerLens config field(s) {', '.join(missing)}"
+    return None
+
+
+def _choice_problem(raw: dict[str, Any]) -> str | None:
+    """An activation, normalisation or positional embedding the canonical model does not have."""
     get = raw.get
     d_model, d_head, d_vocab = get("d_model"), get("d_head"), get("d_vocab")
-    n_heads = get("n_heads", -1)
-    n_heads = d_model // d_head if n_heads in (None, -1) else n_heads
+    if get("n_heads") in (None, -1) and d_model % d_head:
+        return f"d_model {d_model} is not a multiple of d_head {d_head} (and n_heads is not given)"
     if get("d_vocab_out") not in (None, -1, d_vocab):
-        raise ModelLoadError(f"{where}: d_vocab_out {get('d_vocab_out')} differs from d_vocab {d_vocab}; "
-                             f"not supported")
-    attn_only = bool(get("attn_only", False))
+        return f"d_vocab_out {get('d_vocab_out')} differs from d_vocab {d_vocab}; not supported"
     act = get("act_fn")
-    if not attn_only and act not in ACTIVATIONS:
-        raise ModelLoadError(f"{where}: act_fn {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+    if not get("attn_only") and not (isinstance(act, str) and act in ACTIVATIONS):
+        return f"act_fn {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}"
     norm = get("normalization_type", "LN")
-    if norm not in NORMALIZATIONS:
-        raise ModelLoadError(f"{where}: normalization_type {norm!r} is not supported; supported: "
-                             f"{', '.join(map(str, NORMALIZATIONS))}")
+    if not (norm is None or isinstance(norm, str)) or norm not in NORMALIZATIONS:
+        return f"normalization_type {norm!r} is not supported; supported: {', '.join(map(str, NORMALIZATIONS))}"
     if get("final_rms") and norm not in ("RMS", "RMSPre"):
-        raise ModelLoadError(f"{where}: final_rms with normalization_type {norm!r} (an RMSNorm only at the end) "
-                             f"is not supported")
+        return f"final_rms with normalization_type {norm!r} (an RMSNorm only at the end) is not supported"
     pos = get("positional_embedding_type", "standard")
-    if pos not in POSITIONAL:
+    if not isinstance(pos, str) or pos not in POSITIONAL:
         what = " (positions added to queries and keys only)" if pos == "shortformer" else ""
-        raise ModelLoadError(f"{where}: positional_embedding_type {pos!r}{what} is not supported; supported: "
-                             f"{', '.join(POSITIONAL)}")
-    use_scale = get("use_attn_scale", True)
-    scale = float(get("attn_scale") or math.sqrt(d_head)) if use_scale in (None, True) else 1.0
-    n_kv = get("n_key_value_heads")
-    cfg = ModelConfig(
-        n_layers=get("n_layers"), d_model=d_model, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab,
-        n_ctx=get("n_ctx"), d_mlp=None if attn_only else (get("d_mlp") or 4 * d_model),
-        act_fn=ACTIVATIONS.get(act, "gelu"), gated_mlp=bool(get("gated_mlp", False)) and not attn_only,
-        normalization=norm, norm_eps=float(get("eps", 1e-5)), positional=POSITIONAL[pos],
-        rotary_dim=(get("rotary_dim") or d_head) if pos == "rotary" else None,
-        rotary_base=float(get("rotary_base") or 10000.0),
-        n_kv_heads=n_kv if n_kv and n_kv != n_heads else None,
-        parallel_attn_mlp=bool(get("parallel_attn_mlp", False)) and not attn_only,
-        attn_scale=None if abs(scale - math.sqrt(d_head)) < 1e-9 else scale,
-        name=str(get("model_name") or "tl-model"),
-    )
-    options = {"adjacent_pairs": bool(get("rotary_adjacent_pairs")) and pos == "rotary",
-               "inverse_layer_scale": bool(get("scale_attn_by_inverse_layer_idx"))}
-    return cfg, options
+        return f"positional_embedding_type {pos!r}{what} is not supported; supported: {', '.join(POSITIONAL)}"
+    return None
+
+
+def _label(key: str) -> str:
+    """A field name for a message: escaped (no line breaks) and at most 60 characters."""
+    text = key.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _set(value: Any, default: Any) -> Any:
+    """`value`, or `default` when TransformerLens leaves it unset (null or -1)."""
+    return default if value is None or value == -1 else value
+
+
+def _model_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig fields from checked TransformerLens fields (ModelConfig checks the ranges)."""
+    get = raw.get
+    d_model, d_head = get("d_model"), get("d_head")
+    attn_only = bool(get("attn_only"))
+    n_heads = _set(get("n_heads"), d_model // d_head)
+    n_kv = _set(get("n_key_value_heads"), n_heads)
+    pos = get("positional_embedding_type", "standard")
+    scale = _set(get("attn_scale"), math.sqrt(d_head)) if get("use_attn_scale") in (None, True) else 1.0
+    return {
+        "n_layers": get("n_layers"), "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
+        "d_vocab": get("d_vocab"), "n_ctx": get("n_ctx"),
+        "d_mlp": None if attn_only else _set(get("d_mlp"), 4 * d_model),
+        "act_fn": ACTIVATIONS.get(get("act_fn"), "gelu") if isinstance(get("act_fn"), str) else "gelu",
+        "gated_mlp": bool(get("gated_mlp")) and not attn_only,
+        "normalization": get("normalization_type", "LN"),
+        "norm_eps": 1e-5 if get("eps") is None else get("eps"),
+        "positional": POSITIONAL[pos],
+        "rotary_dim": _set(get("rotary_dim"), d_head) if pos == "rotary" else None,
+        "rotary_base": 10000.0 if get("rotary_base") is None else get("rotary_base"),
+        "n_kv_heads": None if n_kv == n_heads else n_kv,
+        "parallel_attn_mlp": bool(get("parallel_attn_mlp")) and not attn_only,
+        "attn_scale": None if abs(scale - math.sqrt(d_head)) < 1e-9 else scale,
+        "name": str(get("model_name") or "tl-model"),
+    }
 
 
 def tl_state(cfg: ModelConfig, state: dict[str, torch.Tensor], options: dict[str, Any],
              where: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Rename, drop buffers and reparametrise a TransformerLens state dict; the config gains
     the bias flags of the biases present."""
+    out = _renamed(state, where)
+    flags = {"attn_bias": "blocks.0.attn.b_Q" in out, "attn_out_bias": "blocks.0.attn.b_O" in out,
+             "mlp_bias": "blocks.0.mlp.b_in" in out, "unembed_bias": "unembed.b_U" in out}
+    cfg = ModelConfig(**{**cfg.to_dict(), **flags})
+    check_shapes(expected_shapes(cfg), out, where, complete=False)
+    check_weights(out, where)
+    _reparametrise(cfg, out, options)
+    return cfg, out
+
+
+def _renamed(state: dict[Any, Any], where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a TransformerLens state dict under circuitry's names, buffers dropped."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise ModelLoadError(f"{where}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelLoadError(f"{where}: entry {key!r} is a {type(value).__name__}, not a named tensor")
         if key.endswith(BUFFERS):
             continue
         for old in ("_W_K", "_W_V", "_b_K", "_b_V"):
             if key.endswith(".attn." + old):
                 key = key[: -len(old)] + old[1:]
+        if not value.is_floating_point():
+            raise ModelLoadError(f"{where}: tensor {key} has dtype {str(value.dtype).removeprefix('torch.')}; "
+                                 f"weights must be real floating-point numbers")
         out[key] = value.detach().to(torch.float32)
+    return out
+
+
+def _reparametrise(cfg: ModelConfig, out: dict[str, torch.Tensor], options: dict[str, Any]) -> None:
+    """GPT-J rotary pairs, layer-scaled attention and the gated MLP's b_in, in place."""
     for l in range(cfg.n_layers):
         p = f"blocks.{l}."
         if options["adjacent_pairs"]:  # GPT-J pairs (2i, 2i+1) -> rotate-half pairs (i, i + rd/2)
@@ -178,24 +288,13 @@ def tl_state(cfg: ModelConfig, state: dict[str, torch.Tensor], options: dict[str
             b_out = out.get(p + "mlp.b_out", torch.zeros(cfg.d_model))
             out[p + "mlp.b_out"] = b_out + b_in @ out[p + "mlp.W_out"]
             out[p + "mlp.b_in"] = torch.zeros_like(b_in)
-    flags = dict(attn_bias="blocks.0.attn.b_Q" in out, attn_out_bias="blocks.0.attn.b_O" in out,
-                 mlp_bias="blocks.0.mlp.b_in" in out, unembed_bias="unembed.b_U" in out)
-    return ModelConfig(**{**cfg.to_dict(), **flags}), out
 
 
-def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+def _read_weights(file: Path) -> dict[Any, Any]:
+    """The state dict in a safetensors or torch file (torch files without code: weights_only)."""
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(file))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-            raise ModelLoadError(f"{file}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickles with code, truncated files ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{file}: not loadable with torch.load(weights_only=True) ({first})") from None
+        return read_safetensors(file)
+    obj = read_torch_file(file)
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model_state_dict"):
             if isinstance(obj.get(wrapper), dict):
@@ -208,24 +307,34 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 
 def find_files(rest: str) -> tuple[Path, Path]:
     """(weights file, config file) for `tl:rest`."""
-    path = Path(rest).expanduser()
-    if not rest or not path.exists():
+    path = expand(rest) if rest else None
+    kind = probe(path) if path else None
+    if kind is None:
         raise ModelLoadError(f"tl:{rest}: no such file or directory (expected a directory with a TransformerLens "
                              f"state dict and its config.json)")
-    folder = path if path.is_dir() else path.parent
-    configs = [folder / n for n in CONFIG_NAMES if (folder / n).exists()]
+    folder = path if kind == "dir" else path.parent
+    configs = [folder / n for n in CONFIG_NAMES if probe(folder / n)]
     if not configs:
         raise ModelLoadError(f"tl:{rest}: no {' or '.join(CONFIG_NAMES)} (the TransformerLens config) in {folder}")
-    if path.is_file():
+    if kind == "file":
         if path.suffix not in WEIGHT_SUFFIXES:
             raise ModelLoadError(f"tl:{rest}: weights must be {', '.join(WEIGHT_SUFFIXES)} files")
         return path, configs[0]
-    if (path / "model.safetensors").exists():
+    if probe(path / "model.safetensors"):
         return path / "model.safetensors", configs[0]
+    return _only_weights(path, rest), configs[0]
+
+
+def _only_weights(path: Path, rest: str) -> Path:
+    """The one *.safetensors (else the one *.pt / *.pth) file of a directory."""
+    try:
+        names = sorted(path.iterdir())
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be listed ({exc.strerror or exc})") from None
     for suffixes in ((".safetensors",), (".pt", ".pth")):
-        found = sorted(f for f in path.iterdir() if f.suffix in suffixes)
+        found = [f for f in names if f.suffix in suffixes]
         if len(found) == 1:
-            return found[0], configs[0]
+            return found[0]
         if len(found) > 1:
             raise ModelLoadError(f"tl:{rest}: several weight files ({', '.join(f.name for f in found[:4])}); "
                                  f"name one: tl:{path / found[0].name}")
@@ -243,7 +352,7 @@ def _tokenizer(folder: Path, name: str | None) -> tuple[Any, str]:
 
     if any((folder / f).exists() for f in TOKENIZER_FILES):
         return load_tokenizer(folder)
-    if not name:
+    if not name or not isinstance(name, str):
         return None, f"{folder} has no tokenizer files and the config names no tokenizer_name"
     from transformers import AutoTokenizer
 
@@ -254,19 +363,19 @@ def _tokenizer(folder: Path, name: str | None) -> tuple[Any, str]:
 
 
 def load_tl(rest: str, device: Any = None) -> HookedTransformer:
+    """Load `tl:rest`: the config is checked and the memory the model needs compared with the
+    budget before the weights are read."""
     weights, config_file = find_files(rest)
-    try:
-        raw = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{config_file}: not valid JSON ({exc})") from None
+    raw = read_json(config_file)
     cfg, options = tl_config(raw, str(config_file))
+    require_memory(cfg, str(config_file), copies=2, extra=weights.stat().st_size)
     cfg, state = tl_state(cfg, _read_weights(weights), options, str(weights))
     tokenizer, why = _tokenizer(config_file.parent, raw.get("tokenizer_name"))
     bos = getattr(tokenizer, "bos_token_id", None)
     if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
         cfg = ModelConfig(**{**cfg.to_dict(), "bos_token_id": bos})
     model = HookedTransformer(cfg, seed=None)
-    load_state(model, state, where=f"tl:{rest}")
+    load_state(model, state, where=str(weights))
     model.tokenizer, model.tokenizer_note = tokenizer, why
     model.eval()
     return model.to(device) if device else model

@@ -18,6 +18,7 @@ Other plugins add architectures with `register_conversion("my_type", fn)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 
 from circuitry.errors import ModelLoadError
 from circuitry.model import ModelConfig
+from circuitry.model.config import show
 
 Converted = tuple[ModelConfig, dict[str, torch.Tensor]]
 Conversion = Callable[[Any, Mapping[str, torch.Tensor]], Converted]
@@ -41,6 +43,74 @@ HF_ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
+
+
+# config.json fields checked before transformers reads them (any architecture that uses the name)
+HF_SIZES = ("n_layer", "n_embd", "n_head", "n_positions", "n_ctx", "vocab_size", "num_hidden_layers", "hidden_size",
+            "num_attention_heads", "max_position_embeddings", "intermediate_size")
+HF_OPTIONAL_SIZES = ("n_inner", "num_key_value_heads", "head_dim", "sliding_window")
+HF_POSITIVE_NUMBERS = ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "rope_theta", "rotary_emb_base")
+HF_FRACTIONS = ("rotary_pct", "partial_rotary_factor")
+HF_FLAGS = ("tie_word_embeddings", "use_parallel_residual", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
+            "attention_bias", "mlp_bias", "use_sliding_window")
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**63
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def raw_config_problem(raw: Mapping[str, Any]) -> str | None:
+    """The first field of a config.json whose value has the wrong type or range, or None."""
+    for key in HF_SIZES:
+        if key in raw and not _int(raw[key]):
+            return f"{key} must be a positive integer, got {show(raw[key])}"
+    for key in HF_OPTIONAL_SIZES:
+        if raw.get(key) is not None and not _int(raw[key]):
+            return f"{key} must be a positive integer or null, got {show(raw[key])}"
+    for key in HF_POSITIVE_NUMBERS:
+        if key in raw and not (_number(raw[key]) and raw[key] > 0):
+            return f"{key} must be a finite number > 0, got {show(raw[key])}"
+    for key in HF_FRACTIONS:
+        if raw.get(key) is not None and not (_number(raw[key]) and 0 < raw[key] <= 1):
+            return f"{key} must be a number in (0, 1], got {show(raw[key])}"
+    for key in HF_FLAGS:
+        if raw.get(key) is not None and not isinstance(raw[key], bool):
+            return f"{key} must be true or false, got {show(raw[key])}"
+    return None
+
+
+def planned_config(model_type: str, config: Any) -> ModelConfig | None:
+    """The shape of the model a built-in conversion will produce, from the Hugging Face config
+    alone (before any weight is read): checks sizes and divisibility, and gives the memory
+    estimate. None for architectures added by plugins."""
+    if model_type not in ("gpt2", "gpt_neox", *LLAMA_LIKE):
+        return None
+    d, H = cfg_get(config, "hidden_size"), cfg_get(config, "num_attention_heads")
+    for name, v in (("hidden_size", d), ("num_attention_heads", H)):
+        if not _int(v):
+            raise ModelLoadError(f"{name} must be a positive integer, got {show(v)}")
+    dh = cfg_get(config, "head_dim") if model_type in LLAMA_LIKE else None
+    if dh is None:
+        if d % H:
+            raise ModelLoadError(f"hidden size {d} is not a multiple of the number of heads {H}")
+        dh = d // H
+    rotary = model_type != "gpt2"
+    rotary_dim, base = rope(config, dh, model_type, 0.25 if model_type == "gpt_neox" else 1.0) if rotary \
+        else (None, 10000.0)
+    d_mlp = cfg_get(config, "intermediate_size") if model_type != "gpt2" else cfg_get(config, "n_inner") or 4 * d
+    kv = cfg_get(config, "num_key_value_heads") if model_type in LLAMA_LIKE else None
+    return ModelConfig(
+        n_layers=cfg_get(config, "num_hidden_layers"), d_model=d, n_heads=H, d_head=dh,
+        d_vocab=cfg_get(config, "vocab_size"), n_ctx=cfg_get(config, "max_position_embeddings"), d_mlp=d_mlp,
+        gated_mlp=model_type in LLAMA_LIKE, normalization="RMS" if model_type in LLAMA_LIKE else "LN",
+        positional="rotary" if rotary else "learned", rotary_dim=rotary_dim, rotary_base=base,
+        n_kv_heads=kv or None, tied_embeddings=bool(cfg_get(config, "tie_word_embeddings", model_type == "gpt2")),
+    )
 
 
 def register_conversion(model_type: str, fn: Conversion | None = None):
@@ -129,7 +199,12 @@ def rope(config: Any, d_head: int, arch: str, default_fraction: float = 1.0) -> 
     for legacy in ("partial_rotary_factor", "rotary_pct"):
         if fraction is None:
             fraction = cfg_get(config, legacy)
-    fraction = default_fraction if fraction is None else float(fraction)
+    if fraction is None:
+        fraction = default_fraction
+    if not (_number(fraction) and 0 < fraction <= 1):
+        raise ModelLoadError(f"{arch}: the rotary fraction must be a number in (0, 1], got {show(fraction)}")
+    if base is not None and not (_number(base) and base > 0):
+        raise ModelLoadError(f"{arch}: the rotary base must be a finite number > 0, got {show(base)}")
     rotary_dim = int(d_head * fraction)
     if rotary_dim <= 0 or rotary_dim % 2:
         raise ModelLoadError(f"{arch}: rotary dimension {rotary_dim} (d_head {d_head} x {fraction}) must be "
@@ -279,6 +354,11 @@ def _sliding_window(config: Any, arch: str, n_layers: int) -> int | None:
     """The attention window shared by every layer, or None (full causal attention)."""
     window = cfg_get(config, "sliding_window")
     layer_types = cfg_get(config, "layer_types")
+    if window is not None and not _int(window):
+        raise ModelLoadError(f"{arch}: sliding_window must be a positive integer or null, got {show(window)}")
+    if layer_types is not None and not (isinstance(layer_types, (list, tuple))
+                                        and all(isinstance(t, str) for t in layer_types)):
+        raise ModelLoadError(f"{arch}: layer_types must be a list of names, got {show(layer_types)}")
     if arch == "qwen2":
         if layer_types is None:  # transformers 4.x: the window depends on use_sliding_window
             layer_types = ["sliding_attention" if cfg_get(config, "use_sliding_window", False)

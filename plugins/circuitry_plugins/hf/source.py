@@ -12,11 +12,11 @@ here, lazily: without it, loading fails with a one-line install hint.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +25,17 @@ from urllib.parse import urlparse
 
 from circuitry.errors import ModelLoadError
 from circuitry.model import HookedTransformer
-from circuitry.model.io import load_state
+from circuitry.model.config import show
+from circuitry.model.io import (
+    check_weights,
+    expand,
+    load_state,
+    probe,
+    read_json,
+    read_torch_file,
+    require_memory,
+    safetensors_metadata,
+)
 from circuitry_plugins.hf import conversions
 
 INSTALL_HINT = "hf: models need the transformers package: pip install 'circuitry[hf]'"
@@ -106,10 +116,11 @@ def resolve(rest: str) -> Path:
     """The local directory that `hf:rest` names: a path, a cached hub model or a download."""
     if not rest:
         raise ModelLoadError("hf: needs a directory written by save_pretrained or a hub name (hf:PATH, hf:NAME)")
-    path = Path(rest).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"hf:{rest}: expected a directory written by save_pretrained, got a file")
+    path = expand(rest)
+    kind = probe(path)
+    if kind == "file":
+        raise ModelLoadError(f"hf:{rest}: expected a directory written by save_pretrained, got a file")
+    if kind == "dir":
         return path
     name, _, revision = rest.partition("@")
     if rest.startswith((".", "/", "~")) or not _REPO_ID.match(name):
@@ -140,7 +151,9 @@ def _quiet(transformers: Any) -> Iterator[None]:
     log.disable_progress_bar()
     log.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         log.set_verbosity(level)
         if bars:
@@ -153,45 +166,111 @@ def _dtype_kwarg(transformers: Any) -> str:
 
 
 def read_model_type(directory: Path, ref: str) -> str:
+    """The model_type of a save_pretrained directory, after its config.json and weight files
+    are checked (before transformers reads any of them)."""
     config_file = directory / "config.json"
-    if not config_file.exists():
+    if probe(config_file) is None:
         raise ModelLoadError(f"{ref}: {directory} has no config.json (not a save_pretrained directory)")
-    try:
-        raw = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{config_file}: not valid JSON ({exc})") from None
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if not model_type:
+    raw = read_json(config_file)
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(raw).__name__}")
+    if "auto_map" in raw:
+        raise ModelLoadError(f"{config_file}: auto_map names custom model code ({show(raw['auto_map'])}); "
+                             f"circuitry never runs code from a model directory (trust_remote_code is always off)")
+    model_type = raw.get("model_type")
+    if not model_type or not isinstance(model_type, str):
         raise ModelLoadError(f"{config_file}: no model_type")
     if model_type not in conversions.CONVERSIONS:  # before transformers sees it
         conversions.convert(model_type, None, {})
+    problem = conversions.raw_config_problem(raw)
+    if problem:
+        raise ModelLoadError(f"{config_file}: {problem}")
+    check_weight_files(directory)
     return model_type
 
 
+def _files(directory: Path, pattern: str) -> list[Path]:
+    try:
+        return sorted(directory.glob(pattern))
+    except OSError as exc:
+        raise ModelLoadError(f"{directory}: cannot be listed ({exc.strerror or exc})") from None
+
+
+def check_weight_files(directory: Path) -> None:
+    """Read the headers of the safetensors files and the index files; with no safetensors,
+    read the torch files with weights_only (a pickle that imports anything is refused)."""
+    safetensors = _files(directory, "*.safetensors")
+    for file in safetensors:
+        safetensors_metadata(file)
+    for file in _files(directory, "*.index.json"):
+        index = read_json(file)
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map", {}), dict):
+            raise ModelLoadError(f"{file}: expected a JSON object with a weight_map")
+    if not safetensors:
+        for file in _files(directory, "pytorch_model*.bin"):
+            read_torch_file(file)
+
+
+def weights_label(directory: Path) -> str:
+    """The weights file of a directory when there is one, else the directory (for messages)."""
+    files = _files(directory, "*.safetensors") or _files(directory, "pytorch_model*.bin")
+    return str(files[0]) if len(files) == 1 else str(directory)
+
+
+def load_config(transformers: Any, directory: Path, model_type: str) -> Any:
+    """The transformers config of a checked directory; the memory the converted model will
+    need is compared with the budget before any weight is read."""
+    config_file = directory / "config.json"
+    try:
+        with _quiet(transformers):
+            config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True,
+                                                             trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers validates fields with several error types
+        raise ModelLoadError(f"{config_file}: transformers refused the config ({_first_line(exc)})") from None
+    try:
+        planned = conversions.planned_config(model_type, config)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{config_file}: {exc}") from None
+    if planned is not None:
+        require_memory(planned, str(config_file), copies=3)
+    return config
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[-1] if lines and "Validation error" in lines[0] else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 def load_hf(rest: str, device: Any = None) -> HookedTransformer:
-    """Load `hf:rest` into the canonical model (on `device` when given)."""
+    """Load `hf:rest` into the canonical model (on `device` when given). The directory's config
+    and weight files are checked, and the memory the model needs compared with the budget,
+    before transformers builds anything."""
     import torch
 
     transformers = require_transformers()
     ref = f"hf:{rest}"
     directory = resolve(rest)
     model_type = read_model_type(directory, ref)
+    config = load_config(transformers, directory, model_type)
+    label = weights_label(directory)
     kwargs = {_dtype_kwarg(transformers): torch.float32}
     try:
         with _quiet(transformers):
             hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(
-                str(directory), local_files_only=True, trust_remote_code=False, attn_implementation="eager",
-                output_loading_info=True, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"{ref}: transformers could not load {directory} ({type(exc).__name__}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                str(directory), config=config, local_files_only=True, trust_remote_code=False,
+                attn_implementation="eager", output_loading_info=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad checkpoints
+        raise ModelLoadError(f"{ref}: transformers could not load {directory} ({_first_line(exc)})") from None
     params = dict(hf_model.named_parameters(remove_duplicate=False))
     tied_out = {k for k, v in params.items() if v is hf_model.get_input_embeddings().weight}
     missing = [k for k in info.get("missing_keys", ()) if k not in tied_out]
     if missing:
         raise ModelLoadError(f"{ref}: the checkpoint lacks weights {sorted(missing)[:4]} (a base model without "
                              f"its language-model head?)")
-    cfg, state = conversions.convert(model_type, hf_model.config, params)
+    check_weights(params, label)
+    cfg, state = _convert(model_type, hf_model.config, params, label)
     del hf_model, params
     tokenizer, why = load_tokenizer(directory)
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -199,9 +278,21 @@ def load_hf(rest: str, device: Any = None) -> HookedTransformer:
     if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
         changes["bos_token_id"] = bos
     cfg = type(cfg)(**{**cfg.to_dict(), **changes})
+    require_memory(cfg, label, copies=1)
     model = HookedTransformer(cfg, seed=None)
-    load_state(model, state, where=ref)
+    load_state(model, state, where=label)
     model.tokenizer = tokenizer
     model.tokenizer_note = why
     model.eval()
     return model.to(device) if device else model
+
+
+def _convert(model_type: str, config: Any, params: dict[str, Any], label: str) -> Any:
+    """The conversion's (ModelConfig, state); a tensor that does not fit it is a load error."""
+    try:
+        return conversions.convert(model_type, config, params)
+    except ModelLoadError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise ModelLoadError(f"{label}: the weights do not fit the {model_type} conversion "
+                             f"({_first_line(exc)})") from None
