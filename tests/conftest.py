@@ -1,11 +1,21 @@
-"""Shared fixtures: the shipped model, small random models, the --runslow switch."""
+"""Shared fixtures: the shipped model, small random models, the --runslow switch, optional
+dependencies (tests that need one skip with a reason when it is missing), float32 tolerances,
+and a guard that fails the run when a test leaves files in the repository."""
 
 from __future__ import annotations
+
+import copy
+import importlib
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from circuitry.model import HookedTransformer, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser):
@@ -21,12 +31,63 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# ------------------------------------------------------------------ optional dependencies
+INSTALL_HINTS = {
+    "matplotlib": "pip install 'circuitry[plot]'",
+    "transformers": "pip install 'circuitry[hf]'",
+    "numpy": "pip install numpy",
+}
+
+
+def has_module(name: str) -> bool:
+    """Whether `import name` works (a module set to None in sys.modules, as tests do to hide it, does not)."""
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def requires(name: str):
+    """A skipif marker for a test that needs the optional package `name`."""
+    return pytest.mark.skipif(not has_module(name),
+                              reason=f"{name} is not installed ({INSTALL_HINTS.get(name, 'pip install ' + name)})")
+
+
+def needs(name: str):
+    """Inside a test or fixture: the module `name`, or skip the test with a reason when it is missing."""
+    return pytest.importorskip(name, reason=f"{name} is not installed "
+                                            f"({INSTALL_HINTS.get(name, 'pip install ' + name)})")
+
+
+@pytest.fixture
+def mpl():
+    """matplotlib, or skip: for every test that draws a PNG."""
+    return needs("matplotlib")
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """matplotlib made unimportable for one test (`import matplotlib` raises ImportError)."""
+    import sys
+
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+# ------------------------------------------------------------------ models
 @pytest.fixture(scope="session")
 def shipped():
     """The embedded default model, builtin:attn-only-2l."""
     from circuitry.sources import load_model
 
     return load_model("builtin:attn-only-2l")
+
+
+@pytest.fixture(scope="session")
+def shipped64(shipped):
+    """A float64 copy of the shipped model, for identities checked to float64 rounding."""
+    return copy.deepcopy(shipped).double()
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -47,6 +108,19 @@ def random_model(seed: int = 0, randomize_all: bool = True, **overrides) -> Hook
     return model.eval()
 
 
+# ------------------------------------------------------------------ float32 tolerances
+F32_EPS = torch.finfo(torch.float32).eps  # 1.19e-7
+
+
+def f32_atol(reference: torch.Tensor, ulps: float = 32) -> float:
+    """Absolute tolerance for two float32 computations of the same values in another order of
+    summation (another kernel, batch shape or CPU): `ulps` float32 epsilons of the largest
+    magnitude in `reference`. A float32 dot product of n terms is off by at most about
+    n * eps * sum|terms|; a few layers of d_model = 32..64 long sums, with partial cancellation,
+    stay well inside 32 eps of the largest value (measured: under 3 eps)."""
+    return ulps * F32_EPS * float(reference.detach().abs().max())
+
+
 @pytest.fixture(autouse=True)
 def _no_grad_leak():
     torch.set_grad_enabled(True)
@@ -62,3 +136,52 @@ def circuitry_plugin():
 
     with ExitStack() as stack:
         yield lambda plugin, name: stack.enter_context(registered_plugin(plugin, name))
+
+
+# ------------------------------------------------------------------ tests write nothing into the repository
+def _untracked_files() -> set[str] | None:
+    """Untracked files of the repository that git does not ignore; None without git or a work tree."""
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        return None
+    try:
+        out = subprocess.run([git, "status", "--porcelain", "--untracked-files=all", "-z"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return {entry[3:] for entry in out.stdout.split("\0") if entry.startswith("?? ")}
+
+
+_GUARD_KEY = pytest.StashKey[set]()
+_LEFT_KEY = pytest.StashKey[list]()
+
+
+def pytest_sessionstart(session):
+    files = _untracked_files()
+    if files is not None:
+        session.config.stash[_GUARD_KEY] = files
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_GUARD_KEY, None)
+    if before is None:
+        return
+    after = _untracked_files()
+    new = sorted((after or set()) - before)
+    if new:
+        session.config.stash[_LEFT_KEY] = new
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    new = config.stash.get(_LEFT_KEY, None)
+    if new:
+        terminalreporter.section("files left in the repository", sep="=", red=True, bold=True)
+        terminalreporter.line("tests must write to tmp_path (or the git-ignored test-artifacts/); "
+                              "these untracked files appeared during the run:", red=True)
+        for name in new:
+            terminalreporter.line(f"  {name}")
