@@ -6,6 +6,7 @@ cached run (only attention patterns are cached) and returns a `ScanResult`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 
 from circuitry.data import TokenBatch
 from circuitry.errors import UsageError, unknown_name
+from circuitry.jsonable import finite_or_none
 from circuitry.model import HookedTransformer
 from circuitry.names import head_index, head_name
 from circuitry.plugins import PluginManager, get_manager
@@ -34,7 +36,8 @@ class ScanResult:
         return [head_name(l, h) for l in range(L) for h in range(H)]
 
     def pair_list(self, name: str, kind: str) -> list[dict]:
-        """[{"from", "to", "score", "baseline"}] of one pair detector and kind, strongest first."""
+        """[{"from", "to", "score", "baseline"}] of one pair detector and kind, strongest first
+        (NaN scores last; ties in layer and head order)."""
         ps = self.pairs[name]
         s = ps.scores[kind]
         L, H = s.shape[:2]
@@ -46,19 +49,26 @@ class ScanResult:
                         v = float(s[l1, h1, l2, h2])
                         rows.append({"from": head_name(l1, h1), "to": head_name(l2, h2), "score": v,
                                      "baseline": ps.baseline[kind]})
-        rows.sort(key=lambda r: -r["score"])
-        return rows
+        return strongest_first(rows)
 
     def to_json(self) -> dict:
+        """The strict-JSON document of `scan --json`: a score or baseline that is NaN or infinite
+        (a detector that could not score a head) is null, and null scores come last in the pair lists."""
         heads = []
         for name in self.head_names():
             l, h = head_index(name)
-            heads.append({"head": name, **{d: float(t[l, h]) for d, t in self.heads.items()}})
+            heads.append({"head": name, **{d: finite_or_none(t[l, h]) for d, t in self.heads.items()}})
         doc: dict = {"model": self.model, "data": self.data, "heads": heads}
         for pname, ps in self.pairs.items():
             key = "composition" if pname == "composition" else f"pairs:{pname}"
-            doc[key] = {kind: self.pair_list(pname, kind) for kind in ps.scores}
+            doc[key] = {kind: [{**r, "score": finite_or_none(r["score"]), "baseline": finite_or_none(r["baseline"])}
+                               for r in self.pair_list(pname, kind)] for kind in ps.scores}
         return doc
+
+
+def strongest_first(rows: list[dict], key: str = "score") -> list[dict]:
+    """rows sorted by row[key], largest first, NaN last; the sort is stable, so ties keep their order."""
+    return sorted(rows, key=lambda r: (math.isnan(r[key]), -r[key] if not math.isnan(r[key]) else 0.0))
 
 
 def select_detectors(names: Iterable[str] | None, manager: PluginManager | None = None) -> dict[str, Detector]:

@@ -21,6 +21,11 @@ shape. `track(paths)` measures each one:
 - k_composition: the strongest K-composition score over all pairs of heads,
   as a ratio to the random-matrix baseline.
 
+"Best" and "strongest" ignore NaN scores. In the JSON document (`to_json`) a
+number that is undefined is null: k_composition (and k_edge "") when the
+composition detector is disabled or the model has one layer; any measured
+value that came out NaN or infinite (a diverged checkpoint's loss).
+
 Phase-change rule (`phase_change`): over consecutive checkpoints (a, b), take
 the interval with the largest increase of the best induction score. It is the
 phase change when that increase is >= 0.1 and it is confirmed by a jump of the
@@ -41,6 +46,7 @@ from pathlib import Path
 import torch
 
 from circuitry.errors import UsageError
+from circuitry.jsonable import finite_or_none
 from circuitry.model import HookedTransformer, ModelConfig
 from circuitry.names import Edge, head_name
 
@@ -69,11 +75,12 @@ class CheckpointStats:
     previous_token_head: str
     induction: float
     induction_head: str
-    k_composition: float  # ratio to the random baseline
+    k_composition: float  # ratio to the random baseline; NaN without the composition detector
     k_edge: str
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """Every field; numbers that are NaN or infinite are null (see the module docstring)."""
+        return {k: finite_or_none(v) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -90,10 +97,11 @@ class PhaseChange:
     icl_jump: float  # the ICL score's fall (positive) that confirms it
     largest_icl_jump: float
     induction_before: float | None
-    induction_after: float | None
+    induction_after: float | None  # None: no checkpoint after the phase change
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """Every field; induction_after is null when no checkpoint follows the phase change."""
+        return {k: finite_or_none(v) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -230,8 +238,9 @@ def measure(model: HookedTransformer, step: int, path: str, detectors: dict) -> 
         icl = icl_score(model, icl_tokens(cfg).to(model.device))
 
     def best(scores: torch.Tensor) -> tuple[float, str]:
-        i = int(scores.flatten().argmax())
-        return float(scores.flatten()[i]), head_name(i // cfg.n_heads, i % cfg.n_heads)
+        flat = scores.flatten()
+        i = int(flat.nan_to_num(float("-inf"), posinf=float("inf"), neginf=float("-inf")).argmax())
+        return float(flat[i]), head_name(i // cfg.n_heads, i % cfg.n_heads)
 
     prev, prev_head = best(heads["previous_token"])
     ind, ind_head = best(heads["induction"])
@@ -246,12 +255,17 @@ def measure(model: HookedTransformer, step: int, path: str, detectors: dict) -> 
     return CheckpointStats(step, path, loss_rep, icl, prev, prev_head, ind, ind_head, k_ratio, k_edge)
 
 
+def _low_nan(x: float) -> float:
+    """x, or -inf for NaN, so that NaN never wins a max()."""
+    return -math.inf if math.isnan(x) else x
+
+
 def phase_change(stats: Sequence[CheckpointStats]) -> tuple[PhaseChange | None, str]:
     """The phase change by the rule of the module docstring, or (None, why not)."""
     if len(stats) < 2:
         return None, "a phase change needs at least two checkpoints"
-    ind_jumps = [b.induction - a.induction for a, b in zip(stats, stats[1:])]
-    icl_falls = [a.icl_score - b.icl_score for a, b in zip(stats, stats[1:])]
+    ind_jumps = [_low_nan(b.induction - a.induction) for a, b in zip(stats, stats[1:])]
+    icl_falls = [_low_nan(a.icl_score - b.icl_score) for a, b in zip(stats, stats[1:])]
     i = max(range(len(ind_jumps)), key=lambda j: ind_jumps[j])
     if ind_jumps[i] < MIN_JUMP:
         return None, (f"the best induction score never rises by {MIN_JUMP} between consecutive checkpoints "
@@ -264,8 +278,8 @@ def phase_change(stats: Sequence[CheckpointStats]) -> tuple[PhaseChange | None, 
                       f"in the run {largest:.3f})")
     before = [s.induction for s in stats[: i + 1]]
     after = [s.induction for s in stats[i + 2:]]
-    return PhaseChange(stats[i + 1].step, stats[i].step, ind_jumps[i], near, largest, max(before),
-                       min(after) if after else None), ""
+    return PhaseChange(stats[i + 1].step, stats[i].step, ind_jumps[i], near, largest, max(before, key=_low_nan),
+                       min(after, key=lambda x: -_low_nan(-x)) if after else None), ""
 
 
 def track(paths: Iterable[str | Path], device: str | None = None,

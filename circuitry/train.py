@@ -12,12 +12,16 @@ notes (which used none). Both ways the model gets two previous-token heads
 K-composition from the main previous-token head into the induction heads rises
 from about 1.45x to about 1.85x the random-matrix baseline, so the circuit is
 visible in the weights as well as in the activations.
+
+With an output directory, `train` writes strict JSON (`circuitry.jsonable`):
+`train.json` (recipe, command, seconds, torch version, final_loss) and
+`loss.json` ({"step": [...], "loss": [...]}); a loss that is NaN or infinite
+(a diverged run) is written as null.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +31,9 @@ import torch
 
 from circuitry.data import periodic_tokens
 from circuitry.errors import UsageError
-from circuitry.model import HookedTransformer, ModelConfig, save_model
 from circuitry.fileio import atomic_write_text
+from circuitry.jsonable import finite_or_none, strict_dumps
+from circuitry.model import HookedTransformer, ModelConfig, save_model
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     out_dir = Path(out) if out is not None else None
-    meta = {"recipe": json.dumps(dataclasses.asdict(recipe)), "command": command or ""}
+    meta = {"recipe": strict_dumps(dataclasses.asdict(recipe), indent=None), "command": command or ""}
     checkpoints: list[Path] = []
 
     def checkpoint(step: int) -> None:
@@ -121,10 +126,10 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
         model.source = str(out_dir)
         save_model(model, out_dir, {**meta, "step": str(recipe.steps)})
         record = {"recipe": dataclasses.asdict(recipe), "command": command, "seconds": round(seconds, 2),
-                  "torch": torch.__version__, "final_loss": losses[-1]}
-        atomic_write_text(out_dir / "train.json", json.dumps(record, indent=2) + "\n")
-        atomic_write_text(out_dir / "loss.json", json.dumps({"step": list(range(1, len(losses) + 1)),
-                                                              "loss": losses}) + "\n")
+                  "torch": torch.__version__, "final_loss": finite_or_none(losses[-1]) if losses else None}
+        atomic_write_text(out_dir / "train.json", strict_dumps(record, indent=2) + "\n")
+        curve = {"step": list(range(1, len(losses) + 1)), "loss": [finite_or_none(x) for x in losses]}
+        atomic_write_text(out_dir / "loss.json", strict_dumps(curve, indent=None) + "\n")
     return TrainResult(model, losses, seconds, checkpoints)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+
+from circuitry.jsonable import strict_dumps
 
 
 class Output:
@@ -29,5 +30,10 @@ class Output:
         self.err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
     def json(self, document: Any) -> None:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        """Write one strict JSON document (no NaN or Infinity: `circuitry.jsonable.strict_dumps`).
+
+        The whole text is made before anything is written, so a document with a
+        non-finite number fails with an internal error (exit 3) naming its key path
+        and leaves stdout empty."""
+        sys.stdout.write(strict_dumps(document, indent=2) + "\n")
         sys.stdout.flush()

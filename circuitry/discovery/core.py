@@ -35,6 +35,7 @@ import yaml
 
 from circuitry.discovery.prune import PruneOutcome, PruneRound, prune_greedy
 from circuitry.errors import UsageError, did_you_mean
+from circuitry.jsonable import finite_or_none, finite_tree
 from circuitry.model import HookedTransformer
 from circuitry.plugins import PluginManager, get_manager
 from circuitry.records import Task
@@ -58,7 +59,9 @@ class FoundNode:
     effect: float
 
     def to_json(self) -> dict:
-        return {"node": self.name, "role": self.role, "scores": dict(self.scores), "effect": _num(self.effect)}
+        """effect (and a score) is null when undefined: NaN, e.g. a task effect of zero."""
+        return {"node": self.name, "role": self.role,
+                "scores": {k: finite_or_none(v) for k, v in self.scores.items()}, "effect": _num(self.effect)}
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class FoundEdge:
         return f"{self.sender} -> {self.receiver} ({self.kind})"
 
     def to_json(self) -> dict:
+        """composition_ratio is null for an MLP sender; effect is null when undefined (NaN)."""
         return {"edge": self.name, "from": self.sender, "to": self.receiver, "kind": self.kind,
                 "composition_ratio": _num(self.composition), "effect": _num(self.effect)}
 
@@ -90,6 +94,7 @@ class MeasuredCheck:
     expect: str
 
     def to_json(self) -> dict:
+        """value is null when verify measured no finite number."""
         return {"id": self.id, "kind": self.kind, "value": _num(self.value), "expect": self.expect}
 
 
@@ -136,15 +141,19 @@ class Circuit:
         return self._frac(self.metric_circuit)
 
     def to_json(self) -> dict:
+        """The strict-JSON document of `discover --json`. A number that is undefined is null:
+        recovered fractions when ablating everything leaves the metric at its clean value (0/0),
+        metrics that came out NaN or infinite. The `seconds` fields (here and in each round) are
+        the only timings."""
         return {
-            "model": self.model, "task": self.task, "metric": self.metric, "data": dict(self.data),
-            "reference_data": dict(self.reference_data),
+            "model": self.model, "task": self.task, "metric": self.metric, "data": finite_tree(dict(self.data)),
+            "reference_data": finite_tree(dict(self.reference_data)),
             "nodes": [n.to_json() for n in self.nodes], "edges": [e.to_json() for e in self.edges],
-            "metric_clean": self.metric_clean, "metric_all_ablated": self.metric_ablated,
-            "metric_nodes_only": self.metric_nodes, "metric_circuit": self.metric_circuit,
+            "metric_clean": _num(self.metric_clean), "metric_all_ablated": _num(self.metric_ablated),
+            "metric_nodes_only": _num(self.metric_nodes), "metric_circuit": _num(self.metric_circuit),
             "recovered_nodes": _num(self.recovered_nodes), "recovered": _num(self.recovered),
             "target": self.target, "margin": self.margin, "role_threshold": self.role_threshold,
-            "sweeps": self.method, "rounds": [r.to_json() for r in self.rounds],
+            "sweeps": self.method, "rounds": [finite_tree(r.to_json()) for r in self.rounds],
             "interventions": self.interventions,
             "forward_passes": {"pruning": self.prune_passes, "total": self.total_passes},
             "seconds": {"pruning": round(self.prune_seconds, 4), "total": round(self.seconds, 4)},
@@ -153,7 +162,8 @@ class Circuit:
 
 
 def _num(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+    """x for JSON: None when it is None, NaN or infinite (`circuitry.jsonable.finite_or_none`)."""
+    return finite_or_none(x)
 
 
 # ------------------------------------------------------------------ task and data

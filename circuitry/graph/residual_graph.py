@@ -22,6 +22,7 @@ import networkx as nx
 import torch
 
 from circuitry.errors import UsageError, did_you_mean
+from circuitry.jsonable import finite_or_none, strict_dumps
 from circuitry.model.config import ModelConfig
 from circuitry.names import EDGE_COLOURS, check_kind, head_name, mlp_name, model_ranges
 
@@ -31,13 +32,15 @@ JSON_VERSION = 1
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-compatible value: tensors become floats or nested lists."""
+    """A strict-JSON value: tensors become numbers or nested lists, NaN and infinities None."""
     if isinstance(value, torch.Tensor):
-        return value.item() if value.ndim == 0 else value.tolist()
+        return _plain(value.item() if value.ndim == 0 else value.tolist())
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return finite_or_none(value)
     return value
 
 
@@ -242,7 +245,10 @@ class ResidualGraph(nx.MultiDiGraph):
 
     # ---------------------------------------------------------------- export
     def to_node_link(self) -> dict[str, Any]:
-        """The node-link document (networkx's layout): graph, nodes with attributes, edges with keys."""
+        """The node-link document (networkx's layout): graph, nodes with attributes, edges with keys.
+
+        Attribute values that are NaN or infinite (a score that is undefined) become None, written
+        as null in JSON and read back as None."""
         return {
             "format": JSON_FORMAT, "version": JSON_VERSION, "directed": True, "multigraph": True,
             "graph": _plain(dict(self.graph)),
@@ -272,8 +278,9 @@ class ResidualGraph(nx.MultiDiGraph):
         return g
 
     def to_json(self) -> str:
-        """Node-link JSON; `from_json` reads it back with every attribute and role."""
-        return json.dumps(self.to_node_link(), indent=1)
+        """Strict node-link JSON (no NaN: undefined numbers are null); `from_json` reads it back with
+        every attribute and role."""
+        return strict_dumps(self.to_node_link(), indent=1)
 
     @classmethod
     def from_json(cls, text: str, where: str = "graph") -> "ResidualGraph":

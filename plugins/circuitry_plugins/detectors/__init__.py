@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from circuitry import hookimpl
 from circuitry.records import Detector
-from circuitry_plugins.detectors.attention import duplicate_token, induction, previous_token
+from circuitry_plugins.detectors.attention import (
+    duplicate_token,
+    induction,
+    previous_token,
+)
 from circuitry_plugins.detectors.composition import composition
 from circuitry_plugins.detectors.copying import copying
 

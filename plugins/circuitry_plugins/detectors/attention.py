@@ -12,6 +12,14 @@ run and scores every head in [0, 1].
   1 <= j <= i with t_{j-1} = t_i, averaged over queries whose token occurred
   before. On BOS + r + r this is the attention from the second copy of a token
   to the token after its first copy.
+
+Scores are finite for every head of a model with finite weights: an
+all-zero head (W_Q = W_K = 0) attends uniformly to the positions it can see
+and scores what uniform attention gives (previous_token: the mean over
+queries i >= 1 of 1 / (i + 1) under full causal attention). Queries are
+averaged only where the score is defined: the duplicate and
+induction scores need at least one query whose token occurred before (a
+usage error otherwise), never a 0/0.
 """
 
 from __future__ import annotations

@@ -10,6 +10,13 @@ d_head x d_head: with W_V = Q_V R_V (thin QR, Q_V orthonormal columns),
 ||W_V W_O X|| = ||R_V W_O X||, and likewise on the right, so each pair's score
 is the Frobenius norm of one d_head x d_head product. The baseline is the mean
 score of random Gaussian factors of the same shapes (about 1/sqrt(d_model)).
+
+A zero matrix composes with nothing: when W_A or W_B is zero (an all-zero
+head, as tracr pads layers with or pruning leaves behind; also W_V or W_O
+alone zero) the score is defined as 0.0 rather than 0/0. Each factor is
+divided by its own norm before the product is formed (a zero factor stays
+zero), so scores are finite for finite weights and do not depend on the
+heads' scale; the tensor entries with l1 >= l2 (no such edge) are NaN.
 """
 
 from __future__ import annotations
@@ -39,11 +46,17 @@ def reader_factors(W_left: torch.Tensor, W_right: torch.Tensor) -> torch.Tensor:
     return W_left @ _r(W_right).transpose(-1, -2)
 
 
+def unit(M: torch.Tensor) -> torch.Tensor:
+    """M [..., a, b] divided by its Frobenius norm; a zero matrix stays zero (so its scores are 0)."""
+    norm = M.flatten(-2).norm(dim=-1)[..., None, None]
+    return torch.where(norm > 0, M / norm.clamp_min(torch.finfo(M.dtype).tiny), torch.zeros_like(M))
+
+
 def pair_scores(A: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """comp for every writer i and reader j: A [i, d_head, d_model], C [j, d_model, d_head] -> [i, j]."""
-    prod = torch.einsum("ied,jdf->ijef", A, C)
-    num = prod.flatten(-2).norm(dim=-1)
-    return num / (A.flatten(-2).norm(dim=-1)[:, None] * C.flatten(-2).norm(dim=-1)[None, :])
+    """comp for every writer i and reader j: A [i, d_head, d_model], C [j, d_model, d_head] -> [i, j];
+    0 where either factor is a zero matrix."""
+    prod = torch.einsum("ied,jdf->ijef", unit(A), unit(C))
+    return prod.flatten(-2).norm(dim=-1)
 
 
 def reader_factors_all(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -57,7 +70,8 @@ def reader_factors_all(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def composition_scores(model) -> dict[str, torch.Tensor]:
-    """kind -> [layer, head, layer, head] scores from (l1, h1) to (l2, h2); NaN unless l1 < l2."""
+    """kind -> [layer, head, layer, head] scores from (l1, h1) to (l2, h2); NaN unless l1 < l2
+    (0 for a pair where either head's matrix is zero)."""
     w = {k: v.float() for k, v in reading_weights(model).items()}
     L, H = model.cfg.n_layers, model.cfg.n_heads
     A = writer_factors(w["W_V"], w["W_O"])  # [layer, head, d_head, d_model]
@@ -81,9 +95,7 @@ def random_baseline(d_model: int, d_head: int, samples: int = 200, seed: int = 0
     f = [torch.randn(samples, d_model, d_head, generator=gen) for _ in range(4)]
     A = writer_factors(f[0], f[1].transpose(-1, -2))  # W_A = A_l A_r^T
     C = reader_factors(f[2], f[3])  # W_B = B_l B_r^T
-    num = (A @ C).flatten(-2).norm(dim=-1)
-    den = A.flatten(-2).norm(dim=-1) * C.flatten(-2).norm(dim=-1)
-    return float((num / den).mean())
+    return float((unit(A) @ unit(C)).flatten(-2).norm(dim=-1).mean())
 
 
 def composition(inp) -> PairScores:

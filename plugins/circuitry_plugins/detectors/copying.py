@@ -4,7 +4,9 @@ full OV circuit W_E W_V W_O W_U [vocab, vocab] (Elhage et al.).
 The non-zero eigenvalues of W_E W_V W_O W_U equal those of the small product
 W_O W_U W_E W_V [d_head, d_head] (eig(AB) and eig(BA) share them), so only
 that is formed. Range [-1, 1]: 1 for a head that raises the logit of the token
-it attends to, -1 for one that suppresses it.
+it attends to, -1 for one that suppresses it. A head whose small product has
+no non-zero eigenvalue (an all-zero head, W_V or W_O zero, or a nilpotent OV
+circuit) scores 0.0: it neither copies nor suppresses.
 """
 
 from __future__ import annotations
@@ -21,4 +23,5 @@ def copying(inp) -> torch.Tensor:
     small = w["W_O"].double() @ UE @ w["W_V"].double()  # [layer, head, d_head, d_head]
     eig = torch.linalg.eigvals(small)  # [layer, head, d_head] complex
     total = eig.abs().sum(-1)
-    return (eig.real.sum(-1) / total.clamp_min(1e-30)).float()
+    ratio = eig.real.sum(-1) / total.clamp_min(torch.finfo(total.dtype).tiny)
+    return torch.where(total > 0, ratio, torch.zeros_like(ratio)).float()
