@@ -176,3 +176,44 @@ def test_copying_sign():
     res = scan(model, _data(model), ["copying"])
     assert res.heads["copying"][0, 0] > 0.999
     assert res.heads["copying"][0, 1] < -0.999
+
+
+def test_zero_head_scores_are_defined():
+    """An all-zero head: composition 0 with every partner, copying 0, attention scores those of uniform
+    attention (finite), and the other heads' scores unchanged."""
+    model = random_model(seed=3, randomize_all=False, n_layers=3, n_heads=3)
+    before = scan(model, _data(model, seq_len=8, batch=4))
+    with torch.no_grad():
+        for name in ("W_Q", "W_K", "W_V", "W_O"):
+            getattr(model.blocks[1].attn, name)[2].zero_()
+    res = scan(model, _data(model, seq_len=8, batch=4))
+    comp, old = res.pairs["composition"].scores, before.pairs["composition"].scores
+    L, H = 3, 3
+    for kind in "QKV":
+        for l1, h1, l2, h2 in ((l1, h1, l2, h2) for l1 in range(L) for h1 in range(H)
+                               for l2 in range(l1 + 1, L) for h2 in range(H)):
+            if (l1, h1) == (1, 2) or (l2, h2) == (1, 2):
+                assert comp[kind][l1, h1, l2, h2] == 0.0
+            else:
+                assert comp[kind][l1, h1, l2, h2] == pytest.approx(float(old[kind][l1, h1, l2, h2]), abs=1e-6)
+    assert res.heads["copying"][1, 2] == 0.0
+    n = 1 + 2 * 8  # BOS + two copies
+    uniform_prev = sum(1 / (i + 1) for i in range(1, n)) / (n - 1)
+    assert float(res.heads["previous_token"][1, 2]) == pytest.approx(uniform_prev, abs=1e-6)
+    for name in ("duplicate_token", "induction"):
+        assert torch.isfinite(res.heads[name]).all()
+
+
+def test_composition_zero_factor_alone():
+    """W_V = 0 alone (W_O non-zero) or W_Q = 0 alone makes the factor zero: score 0, not 0/0."""
+    from circuitry_plugins.detectors.composition import pair_scores, unit
+
+    A = torch.randn(2, 4, 16)
+    A[1] = 0
+    C = torch.randn(3, 16, 4)
+    C[0] = 0
+    s = pair_scores(A, C)
+    assert torch.isfinite(s).all() and (s[1] == 0).all() and (s[:, 0] == 0).all()
+    ref = (A[0] @ C[2]).norm() / (A[0].norm() * C[2].norm())
+    assert float(s[0, 2]) == pytest.approx(float(ref), rel=1e-5)
+    assert (unit(torch.zeros(3, 3)) == 0).all()
