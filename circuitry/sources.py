@@ -27,9 +27,17 @@ def builtin_models() -> dict[str, Path]:
 def split_ref(ref: str) -> tuple[str, str]:
     """('builtin', 'attn-only-2l') for 'builtin:attn-only-2l'; ('file', ref) for a path."""
     m = _SCHEME.match(ref)
-    if m and not (len(m.group(1)) == 1 and probe(Path(ref))):  # not a Windows drive letter
+    if m and not (len(m.group(1)) == 1 and _is_path(ref)):  # not a Windows drive letter
         return m.group(1), m.group(2)
     return "file", ref
+
+
+def _is_path(ref: str) -> bool:
+    """Whether a file or directory of that name exists (False for names no path can have)."""
+    try:
+        return probe(Path(ref)) is not None
+    except ModelLoadError:
+        return False
 
 
 def check_device(device: str | torch.device | None) -> None:
@@ -64,7 +72,7 @@ def load_model(ref: str, device: str | torch.device | None = None) -> HookedTran
     scheme, rest = split_ref(ref)
     sources = get_manager().model_sources()
     if scheme not in sources:
-        if "file" in sources and probe(Path(ref)):
+        if "file" in sources and _is_path(ref):
             scheme, rest = "file", ref
         else:
             raise ModelLoadError(unknown_name("model source", scheme, sources)

@@ -9,6 +9,7 @@ other formats are refused with a clear message.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -28,6 +29,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META_KEY = "circuitry_config"
 MAX_CONFIG_BYTES = 16 * 2**20
+SAFE_GLOBALS = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
+                "builtins.bytearray", "builtins.slice", "builtins.complex"}
 PICKLES = "torch files are read with weights_only=True: plain tensors and containers only, never code"
 
 
@@ -53,12 +56,14 @@ def probe(path: Path) -> str | None:
     """'dir', 'file' or None (nothing there); a ModelLoadError for a path that cannot be
     looked at (a name too long, a NUL byte, no permission)."""
     try:
+        if "\0" in str(path):
+            raise ValueError("a NUL character in the name")
         if path.is_dir():
             return "dir"
         return "file" if path.exists() else None
     except (OSError, ValueError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
-        raise ModelLoadError(f"{_short(path)}: not a usable path ({why})") from None
+        raise ModelLoadError(f"{_short(repr(str(path))[1:-1])}: not a usable path ({why})") from None
 
 
 def _short(path: Path | str, limit: int = 120) -> str:
@@ -129,13 +134,44 @@ def _all_tensors(f: Any) -> dict[str, torch.Tensor]:
     return {k: f.get_tensor(k) for k in names}
 
 
-def _pickle_problem(exc: Exception) -> str:
+def _pickle_bytes(file: Path) -> bytes:
+    """The pickle of a torch file: the data.pkl of a zip archive, else the whole file."""
+    if zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as z:
+            names = [n for n in z.namelist() if n.endswith("data.pkl")]
+            return z.read(names[0]) if names else b""
+    return file.read_bytes()
+
+
+def foreign_import(file: Path) -> str | None:
+    """The first import of a pickle that is not torch's own (`posix.system`), found by reading
+    its opcodes (nothing is executed); None when there is none or the file cannot be read."""
+    try:
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(_pickle_bytes(file)):
+            if op.name == "GLOBAL":
+                strings = [*str(arg).split(" ", 1)]
+            elif isinstance(arg, str):
+                strings.append(arg)
+                continue
+            if op.name in ("GLOBAL", "STACK_GLOBAL") and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+                if not (name.startswith("torch.") or name in SAFE_GLOBALS):
+                    return name
+    except Exception:  # noqa: BLE001 - a truncated or malformed pickle: no name to report
+        return None
+    return None
+
+
+def _pickle_problem(exc: Exception, file: Path) -> str:
     """A short reason from torch's weights_only error (without its advice text)."""
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
-        return f"refused: the pickle would import {found.group(1)} ({PICKLES})"
+    name = found.group(1) if found else None
     if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        name = name or foreign_import(file)
+        if name:
+            return f"refused: the pickle would import {name} ({PICKLES})"
         return f"refused: the pickle holds more than tensors ({PICKLES})"
     first = text.strip().splitlines()[0] if text.strip() else "the file ends early"
     return f"not a readable torch checkpoint ({type(exc).__name__}: {first})"
@@ -159,7 +195,7 @@ def read_torch_file(file: Path) -> Any:
     except UsageError as exc:
         raise ModelLoadError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
-        raise ModelLoadError(f"{file}: {_pickle_problem(exc)}") from None
+        raise ModelLoadError(f"{file}: {_pickle_problem(exc, file)}") from None
 
 
 def require_memory(cfg: ModelConfig, where: str, copies: int = 2, extra: int = 0) -> None:
@@ -171,18 +207,20 @@ def require_memory(cfg: ModelConfig, where: str, copies: int = 2, extra: int = 0
         raise ModelLoadError(str(exc)) from None
 
 
-def _config_of(weights: Path, config_file: Path, single: bool) -> ModelConfig:
-    """The config of a checkpoint: a single file's metadata first, else config.json beside it."""
+def _config_of(weights: Path, config_file: Path, single: bool) -> tuple[ModelConfig, str]:
+    """(config, where it came from) of a checkpoint: a single file's metadata first, else the
+    config.json beside it."""
     meta = safetensors_metadata(weights)
+    in_meta = f"{weights} (metadata)"
     if META_KEY in meta and single:
-        return ModelConfig.from_json(meta[META_KEY], where=f"{weights} (metadata)")
+        return ModelConfig.from_json(meta[META_KEY], where=in_meta), in_meta
     if probe(config_file):
         raw = read_json(config_file)
         if isinstance(raw, dict) and "model_type" in raw:
             raise ModelLoadError(f"{config_file}: this is a Hugging Face config; load the directory with hf:PATH")
-        return ModelConfig.from_dict(raw, where=str(config_file))
+        return ModelConfig.from_dict(raw, where=str(config_file)), str(config_file)
     if META_KEY in meta:
-        return ModelConfig.from_json(meta[META_KEY], where=f"{weights} (metadata)")
+        return ModelConfig.from_json(meta[META_KEY], where=in_meta), in_meta
     raise ModelLoadError(f"{weights}: no {CONFIG} beside it and no config in its metadata")
 
 
@@ -205,8 +243,8 @@ def load_model_file(path: str | Path, device: str | torch.device | None = None) 
                 f"{path}: only safetensors checkpoints are loaded (a .safetensors file or a directory "
                 f"with {WEIGHTS} and {CONFIG}); convert other formats first")
         weights, config_file = path, path.parent / CONFIG
-    cfg = _config_of(weights, config_file, single=kind == "file")
-    require_memory(cfg, str(weights), copies=1, extra=weights.stat().st_size)
+    cfg, origin = _config_of(weights, config_file, single=kind == "file")
+    require_memory(cfg, origin, copies=1, extra=weights.stat().st_size)
     state = read_safetensors(weights)
     model = HookedTransformer(cfg, seed=None)
     load_state(model, state, where=str(weights))

@@ -197,8 +197,11 @@ def _files(directory: Path, pattern: str) -> list[Path]:
 
 
 def check_weight_files(directory: Path) -> None:
-    """Read the headers of the safetensors files and the index files; with no safetensors,
-    read the torch files with weights_only (a pickle that imports anything is refused)."""
+    """Read the headers of the safetensors files, the index files and the generation config;
+    with no safetensors, read the torch files with weights_only (a pickle that imports
+    anything is refused)."""
+    if probe(directory / "generation_config.json"):
+        read_json(directory / "generation_config.json")
     safetensors = _files(directory, "*.safetensors")
     for file in safetensors:
         safetensors_metadata(file)
