@@ -37,11 +37,15 @@ def _positive_int(v: Any) -> bool:
     return _int(v) and 0 < v < MAX_INT
 
 
-def _positive_number(v: Any) -> bool:
-    """A finite int or float above zero (not a bool)."""
+def finite_number(v: Any) -> bool:
+    """A finite float, or an int that fits int64 (not a bool)."""
     if _int(v):
-        return v > 0
-    return isinstance(v, float) and math.isfinite(v) and v > 0
+        return abs(v) < MAX_INT
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _positive_number(v: Any) -> bool:
+    return finite_number(v) and v > 0
 
 
 @dataclass(frozen=True)

@@ -147,19 +147,24 @@ def foreign_import(file: Path) -> str | None:
     """The first import of a pickle that is not torch's own (`posix.system`), found by reading
     its opcodes (nothing is executed); None when there is none or the file cannot be read."""
     try:
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(_pickle_bytes(file)):
-            if op.name == "GLOBAL":
-                strings = [*str(arg).split(" ", 1)]
-            elif isinstance(arg, str):
-                strings.append(arg)
-                continue
-            if op.name in ("GLOBAL", "STACK_GLOBAL") and len(strings) >= 2:
-                name = f"{strings[-2]}.{strings[-1]}"
-                if not (name.startswith("torch.") or name in SAFE_GLOBALS):
-                    return name
+        ops = list(pickletools.genops(_pickle_bytes(file)))
     except Exception:  # noqa: BLE001 - a truncated or malformed pickle: no name to report
         return None
+    pushed: list[str | None] = []  # what each op pushed: a string, or None for anything else
+    memo: dict[Any, str | None] = {}
+    for op, arg, _ in ops:
+        if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+            continue
+        name = None
+        if op.name == "GLOBAL":
+            name = str(arg).replace(" ", ".", 1)
+        elif op.name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+            name = f"{pushed[-2]}.{pushed[-1]}"
+        if name and not (name.startswith("torch.") or name in SAFE_GLOBALS):
+            return name
+        is_string = "UNICODE" in op.name or "STRING" in op.name
+        pushed.append(arg if is_string else memo.get(arg) if op.name.endswith("GET") else None)
     return None
 
 

@@ -30,7 +30,7 @@ import torch
 from circuitry import hookimpl
 from circuitry.errors import ModelLoadError
 from circuitry.model import HookedTransformer, ModelConfig
-from circuitry.model.config import show
+from circuitry.model.config import finite_number, show
 from circuitry.model.io import (
     check_shapes,
     check_weights,
@@ -132,7 +132,7 @@ def _type_problem(raw: dict[str, Any]) -> str | None:
             return f"{key} must be a positive integer (or null), got {show(v)}"
     for key in NUMBERS:
         v = raw.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+        if v is not None and not finite_number(v):
             return f"{key} must be a finite number, got {show(v)}"
     for key in FLAGS:
         if raw.get(key) not in (None, True, False):

@@ -18,7 +18,6 @@ Other plugins add architectures with `register_conversion("my_type", fn)`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 
 from circuitry.errors import ModelLoadError
 from circuitry.model import ModelConfig
-from circuitry.model.config import show
+from circuitry.model.config import finite_number, show
 
 Converted = tuple[ModelConfig, dict[str, torch.Tensor]]
 Conversion = Callable[[Any, Mapping[str, torch.Tensor]], Converted]
@@ -60,10 +59,6 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**63
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def raw_config_problem(raw: Mapping[str, Any]) -> str | None:
     """The first field of a config.json whose value has the wrong type or range, or None."""
     for key in HF_SIZES:
@@ -73,10 +68,10 @@ def raw_config_problem(raw: Mapping[str, Any]) -> str | None:
         if raw.get(key) is not None and not _int(raw[key]):
             return f"{key} must be a positive integer or null, got {show(raw[key])}"
     for key in HF_POSITIVE_NUMBERS:
-        if key in raw and not (_number(raw[key]) and raw[key] > 0):
+        if key in raw and not (finite_number(raw[key]) and raw[key] > 0):
             return f"{key} must be a finite number > 0, got {show(raw[key])}"
     for key in HF_FRACTIONS:
-        if raw.get(key) is not None and not (_number(raw[key]) and 0 < raw[key] <= 1):
+        if raw.get(key) is not None and not (finite_number(raw[key]) and 0 < raw[key] <= 1):
             return f"{key} must be a number in (0, 1], got {show(raw[key])}"
     for key in HF_FLAGS:
         if raw.get(key) is not None and not isinstance(raw[key], bool):
@@ -201,9 +196,9 @@ def rope(config: Any, d_head: int, arch: str, default_fraction: float = 1.0) -> 
             fraction = cfg_get(config, legacy)
     if fraction is None:
         fraction = default_fraction
-    if not (_number(fraction) and 0 < fraction <= 1):
+    if not (finite_number(fraction) and 0 < fraction <= 1):
         raise ModelLoadError(f"{arch}: the rotary fraction must be a number in (0, 1], got {show(fraction)}")
-    if base is not None and not (_number(base) and base > 0):
+    if base is not None and not (finite_number(base) and base > 0):
         raise ModelLoadError(f"{arch}: the rotary base must be a finite number > 0, got {show(base)}")
     rotary_dim = int(d_head * fraction)
     if rotary_dim <= 0 or rotary_dim % 2:
