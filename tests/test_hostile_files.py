@@ -145,6 +145,16 @@ def test_the_valid_checkpoints_load(source, tmp_path, request):
     assert load_model(ref).cfg.n_layers == 1
 
 
+def test_a_plain_pytorch_model_bin_still_loads(tmp_path, hf_template):
+    """Refusing pickles that import code does not refuse plain tensor state dicts."""
+    from safetensors.torch import load_file
+
+    d = hf_dir(tmp_path, hf_template)
+    torch.save(load_file(str(d / "model.safetensors")), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    assert load_model(f"hf:{d}").cfg.d_model == 8
+
+
 # ------------------------------------------------------------------ lying safetensors headers
 def _safetensors(header: dict, data: bytes = b"", length: int | None = None) -> bytes:
     raw = json.dumps(header).encode()

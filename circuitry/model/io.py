@@ -4,6 +4,14 @@ A model is stored either as a directory (`config.json` + `model.safetensors`)
 or as a single `.safetensors` file whose metadata holds the config (with a
 `config.json` beside it as a fallback). Nothing else is loaded: pickles and
 other formats are refused with a clear message.
+
+Files come from anywhere, so the readers here are shared by every model
+source: paths are probed without exceptions escaping, configs are read as
+small UTF-8 JSON files, safetensors headers are checked before any tensor is
+read, torch files are read with `weights_only` (a pickle that would import
+anything is refused, naming the import), the memory a model needs is compared
+with the budget before it is built, and weights must be finite floats. Every
+problem is one line that names the file.
 """
 
 from __future__ import annotations
