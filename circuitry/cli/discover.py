@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.fileio import check_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from circuitry.discovery import DEFAULT_MARGIN, DEFAULT_ROLE_THRESHOLD, DEFAULT_TARGET, DEFAULT_TASK
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.errors import UsageError
     from circuitry.sources import load_model
 
+    if args.out:
+        check_output(args.out, "--out", (".yaml",))
     resolve_task(args.task)  # an unknown task fails before the model loads
     if not 0 <= args.margin < 1:
         raise UsageError(f"--margin must lie in [0, 1), got {args.margin}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.fileio import check_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="score every head with the detectors",
@@ -16,13 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detectors", default=None, metavar="A,B", help="only these detectors (comma-separated)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="composition edges shown per kind (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--html", default=None, metavar="FILE",
+    p.add_argument("--html", default=None, metavar="FILE.html",
                    help="also write a self-contained HTML page: head-score grids and composition matrices")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, out) -> int:
+    if args.html:
+        check_output(args.html, "--html", (".html",))
     from circuitry.datasets import make_batch
     from circuitry.scan import scan
     from circuitry.sources import load_model

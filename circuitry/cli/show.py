@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from circuitry.fileio import check_output
 
 DEFAULT_DATA = "repeated"
 
@@ -81,12 +82,10 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.figures import figures_for_heads
     from circuitry.sources import load_model
 
+    suffix = check_output(args.out, "--out", (".png", ".html")).suffix.lower() if args.out else None
     heads = parse_heads(args.head)
     if not heads:
         raise UsageError("--head: give at least one head, e.g. --head L1H2")
-    suffix = Path(args.out).suffix.lower() if args.out else None
-    if suffix not in (None, ".png", ".html", ".htm"):
-        raise UsageError(f"--out {args.out}: the file must end in .png or .html")
     if suffix == ".png":
         from circuitry.report.plots import require
 

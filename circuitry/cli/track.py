@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.fileio import check_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("track", help="follow detectors and in-context learning across training checkpoints",
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.track import plan, plot_track, track
 
     if args.plot:
+        check_output(args.plot, "--plot", (".png",))
         from circuitry.report.plots import require
 
         require()  # the install hint before any work

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from circuitry.fileio import check_output
+
 # options that shape the model, with their defaults (left out of the recorded command when unchanged)
 SHAPE_DEFAULTS = {"layers": 2, "heads": 4, "d_model": 64, "weight_decay": 0.3, "checkpoint_every": None}
 
@@ -16,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Induction heads form at a phase change a few hundred steps in.")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default="runs/attn-only", help="output directory (default runs/attn-only)")
+    p.add_argument("--out", default="runs/attn-only", metavar="DIR",
+                   help="output directory, created with its parents if missing (default runs/attn-only)")
     p.add_argument("--layers", type=int, default=2, help="number of layers (default 2)")
     p.add_argument("--heads", type=int, default=4, help="heads per layer (default 4)")
     p.add_argument("--d-model", type=int, default=64, help="residual width (default 64)")
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace, out) -> int:
 
     from circuitry.train import TrainRecipe, plot_losses, train
 
+    check_output(args.out, "--out", directory=True)
     recipe = TrainRecipe(steps=args.steps, seed=args.seed, n_layers=args.layers, n_heads=args.heads,
                          d_model=args.d_model, weight_decay=args.weight_decay,
                          checkpoint_every=args.checkpoint_every)

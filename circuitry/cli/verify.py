@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.fileio import check_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check a circuit spec's claims against a model",
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="REF", help="check against this model instead of the spec's")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="per-node values and timings")
-    p.add_argument("--html", default=None, metavar="FILE",
+    p.add_argument("--html", default=None, metavar="FILE.html",
                    help="also write a self-contained HTML report: claims, circuit graph, attention heatmaps")
     p.set_defaults(run=run)
 
@@ -26,12 +28,7 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.verify import verify
 
     if args.html:
-        from pathlib import Path
-
-        from circuitry.errors import UsageError
-
-        if not Path(args.html).resolve().parent.is_dir():
-            raise UsageError(f"--html {args.html}: no such directory {Path(args.html).parent}")
+        check_output(args.html, "--html", (".html",))
     specs = [load_spec(path) for path in args.specs]  # every spec is validated before any runs
     from circuitry.verify import load_spec_model
 
