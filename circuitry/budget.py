@@ -70,3 +70,17 @@ def require(nbytes: float, what: str, budget: int | None = None) -> None:
     if nbytes > limit:
         raise UsageError(f"{what} would need {format_bytes(nbytes)}, over the memory budget of "
                          f"{format_bytes(limit)} (set {ENV} to raise it, or make it smaller)")
+
+
+def run_bytes(cfg, batch: int, pos: int, patterns: bool = True) -> int:
+    """Bytes of a forward pass with a cache, for a model config on batch x pos tokens (float32).
+
+    Per row and position: the logits (d_vocab), and per layer the residual
+    stream, normalised input, q/k/v, z and outputs (~12 d_model), the MLP
+    (3 d_mlp), and the attention scores and pattern (2 heads x pos, when
+    patterns are kept). An estimate of what a cached clean run holds, used to
+    refuse data too large before anything is generated.
+    """
+    per_layer = 12 * cfg.d_model + 3 * (cfg.d_mlp or 0) + (2 * cfg.n_heads * pos if patterns else 0)
+    per_pos = cfg.d_vocab + cfg.n_layers * per_layer
+    return 4 * int(batch) * int(pos) * per_pos

@@ -7,6 +7,7 @@ context (the repeated part), for metrics such as the loss on repeats.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 import torch
 
@@ -30,6 +31,7 @@ class TokenBatch:
     fresh: torch.Tensor
     repeat_len: int | None = None
     description: str = ""
+    warnings: tuple[str, ...] = ()  # what may make the data not mean what it seems to (shown to the user)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -37,7 +39,7 @@ class TokenBatch:
 
     def to(self, device: str | torch.device) -> "TokenBatch":
         return TokenBatch(self.tokens.to(device), self.predictable.to(device), self.fresh.to(device),
-                          self.repeat_len, self.description)
+                          self.repeat_len, self.description, self.warnings)
 
 
 def _masks(batch: int, n: int, start: int, period: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,18 +55,44 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _vocab_range(d_vocab: int, bos: int | None) -> int:
-    """Random tokens are drawn from 0..n-1, with the BOS id excluded when it is last."""
-    return d_vocab - 1 if bos is not None and bos == d_vocab - 1 else d_vocab
+def allowed_ids(d_vocab: int, exclude: Iterable[int | None] = ()) -> torch.Tensor:
+    """The token ids random data is drawn from: 0..d_vocab-1 without the excluded (special) ids, in order."""
+    drop = {int(t) for t in exclude if t is not None and 0 <= int(t) < d_vocab}
+    if len(drop) >= d_vocab:
+        raise UsageError(f"no token ids are left to draw random data from (vocabulary of {d_vocab}, "
+                         f"{len(drop)} special ids excluded)")
+    keep = torch.ones(d_vocab, dtype=torch.bool)
+    keep[list(drop)] = False
+    return torch.arange(d_vocab)[keep]
+
+
+def random_ids(shape: tuple[int, ...], d_vocab: int, exclude: Iterable[int | None],
+               generator: torch.Generator) -> torch.Tensor:
+    """Uniformly random token ids [shape] that are never one of the excluded ids (BOS, padding ...).
+
+    When the excluded ids are the last ones of the vocabulary (BOS = d_vocab - 1, say) the draw is the
+    same as drawing from 0..n-1 directly, so the data of such models does not depend on the exclusion."""
+    ids = allowed_ids(d_vocab, exclude)
+    return ids[torch.randint(0, len(ids), shape, generator=generator)]
+
+
+def special_ids(model) -> set[int]:
+    """Ids that random data must not contain: the model's BOS and its tokenizer's BOS, EOS and padding ids."""
+    out = {model.cfg.bos_token_id}
+    tok = getattr(model, "tokenizer", None)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tok, name, None) if tok is not None else None
+        if isinstance(value, int):
+            out.add(value)
+    return {t for t in out if t is not None}
 
 
 def repeated_tokens(d_vocab: int, bos: int | None, *, batch: int = 16, seq_len: int = 20,
-                    n_repeats: int = 2, seed: int = 0) -> TokenBatch:
-    """BOS + a random sequence of `seq_len` tokens repeated `n_repeats` times."""
+                    n_repeats: int = 2, seed: int = 0, exclude: Iterable[int] = ()) -> TokenBatch:
+    """BOS + a random sequence of `seq_len` tokens (never BOS or another excluded id) repeated `n_repeats` times."""
     if seq_len < 1 or n_repeats < 1 or batch < 1:
         raise UsageError("repeated_tokens: batch, seq_len and n_repeats must be >= 1")
-    n = _vocab_range(d_vocab, bos)
-    block = torch.randint(0, n, (batch, seq_len), generator=_generator(seed))
+    block = random_ids((batch, seq_len), d_vocab, {bos, *exclude}, _generator(seed))
     tokens = block.repeat(1, n_repeats)
     start = 0
     if bos is not None:
@@ -77,7 +105,8 @@ def repeated_tokens(d_vocab: int, bos: int | None, *, batch: int = 16, seq_len: 
 
 def periodic_tokens(d_vocab: int, bos: int | None, *, batch: int = 64, n_ctx: int = 64,
                     period: int | None = None, min_period: int = 8, max_period: int = 24,
-                    seed: int = 0, generator: torch.Generator | None = None) -> TokenBatch:
+                    seed: int = 0, generator: torch.Generator | None = None,
+                    exclude: Iterable[int] = ()) -> TokenBatch:
     """BOS + a random block of `period` tokens tiled to fill `n_ctx` (the training data).
 
     The period is drawn uniformly from [min_period, max_period] once per batch
@@ -87,7 +116,7 @@ def periodic_tokens(d_vocab: int, bos: int | None, *, batch: int = 64, n_ctx: in
     if period is None:
         period = int(torch.randint(min_period, max_period + 1, (1,), generator=gen))
     length = n_ctx - (1 if bos is not None else 0)
-    block = torch.randint(0, _vocab_range(d_vocab, bos), (batch, period), generator=gen)
+    block = random_ids((batch, period), d_vocab, {bos, *exclude}, gen)
     reps = -(-length // period)
     tokens = block.repeat(1, reps)[:, :length]
     start = 0

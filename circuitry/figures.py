@@ -306,29 +306,45 @@ def figures_for_verification(spec: CircuitSpec, report: VerificationReport, mode
     """The verification page: claims, circuit graph, patterns of the circuit's heads on
     sequence `index` of the spec's data, head scores and composition matrices.
 
-    Without `model`, the report's model is loaded (on `device`); without `batch`,
-    the spec's data is generated again (it is seeded, so it is the verified data)."""
+    The report's shared run (`report.run`) supplies the model, the batch, the
+    cached patterns and the detector scores already computed; without it (or
+    for another `model` / `batch`), the report's model is loaded (on `device`)
+    and the spec's data generated again (it is seeded: it is the verified data)."""
     from circuitry.plugins import get_manager
-    from circuitry.scan import run_detectors
+    from circuitry.scan import pattern_names, run_detectors
 
     manager = manager or get_manager()
+    run = report.run
     if model is None:
-        from circuitry.sources import load_model
+        if run is not None:
+            model = run.model
+        else:
+            from circuitry.sources import load_model
 
-        model = load_model(report.model, device=device)
+            model = load_model(report.model, device=device)
+    same = run is not None and run.model is model and (batch is None or batch is run.batch)
     if batch is None:
-        from circuitry.datasets import make_batch
+        if same:
+            batch = run.batch
+        else:
+            from circuitry.datasets import make_batch
 
-        batch = make_batch(model, spec.data).to(model.device)
+            batch = make_batch(model, spec.data).to(model.device)
     cfg = model.cfg
-    cache = pattern_cache(model, batch.tokens)  # one cached run for patterns and head detectors
+    cached = run.clean.cache if same and run.clean is not None else None
+    if cached is None or any(n not in cached for n in pattern_names(model)):
+        cached = pattern_cache(model, batch.tokens)  # one cached run for patterns and head detectors
+    cache = cached
+    known = run.detector_results if same else {}
     detectors = manager.detectors()
     wanted = [c.options["detector"] for c in spec.checks if c.kind == "detector"]
     wanted += [r for r in spec.nodes.values() if r in detectors]
     head_dets = {n: detectors[n] for n in dict.fromkeys(wanted) if n in detectors and detectors[n].kind == "head"}
-    heads, _ = run_detectors(model, batch, head_dets, cache=cache)
-    pairs = None
-    if "composition" in detectors and cfg.n_layers > 1:
+    heads = {n: known[n] for n in head_dets if n in known}
+    computed, _ = run_detectors(model, batch, {n: d for n, d in head_dets.items() if n not in known}, cache=cache)
+    heads.update(computed)
+    pairs = known.get("composition")
+    if pairs is None and "composition" in detectors and cfg.n_layers > 1:
         _, p = run_detectors(model, None, {"composition": detectors["composition"]})
         pairs = p.get("composition")
 

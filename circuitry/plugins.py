@@ -42,6 +42,7 @@ from circuitry.errors import CircuitryError, UsageError, unknown_name
 from circuitry.records import (
     RECORD_HOOKS,
     RECORD_KINDS,
+    CheckKind,
     Dataset,
     Detector,
     Intervention,
@@ -89,6 +90,10 @@ class HookSpecs:
     @hookspec
     def circuitry_tasks(self) -> list[Task]:
         """Tasks for circuit discovery (data + metric)."""
+
+    @hookspec
+    def circuitry_check_kinds(self) -> list[CheckKind]:
+        """Kinds of claims a spec can make (`kind:` of a check)."""
 
     @hookspec
     def circuitry_report_header(self, spec: Any, model: Any) -> list[str] | str | None:
@@ -450,6 +455,9 @@ class PluginManager:
 
     def tasks(self) -> RecordMap:
         return self.records("circuitry_tasks")
+
+    def check_kinds(self) -> RecordMap:
+        return self.records("circuitry_check_kinds")
 
     # lifecycle hooks -------------------------------------------------------
     @property

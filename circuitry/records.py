@@ -71,13 +71,22 @@ class Dataset:
     """A data generator: generate(model, **params) -> TokenBatch.
 
     params maps each accepted parameter to its default; values given by users
-    are converted to the default's type.
+    are converted to the default's type. limits: (minimum, maximum) of numeric
+    parameters, None for no bound (a parameter named `seed` is always within
+    0..2**63-1); they are checked where the value is written (file:line:col in
+    a spec). shape(model, **params) -> (batch, positions), when the size is
+    known before generating: the memory budget is checked before `generate`
+    allocates anything. paths: parameters that name files, read relative to
+    the spec that names them.
     """
 
     name: str
     description: str
     generate: Callable[..., TokenBatch]
     params: Mapping[str, Any] = field(default_factory=dict)
+    limits: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    shape: Callable[..., tuple[int, int]] | None = None
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,30 @@ class Task:
     dataset_params: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CheckKind:
+    """A kind of claim in a spec (`kind: detector`, `kind: intervention` ...).
+
+    fields: the kind's own keys (besides id, kind, description and expect),
+    as `circuitry.spec.schema.Field`s; the spec schema is built from them.
+    expect_keys: the keys an `expect` mapping may hold (`{change: ...}`); the
+    first is what a plain expectation compares; () for plain expectations only.
+    plan(run, check) -> `circuitry.checks.CheckPlan`: checks the claim against
+    the model (raising `UsageError`s, which are located at the check), says
+    what it needs of the shared run and which interventions it needs swept; it
+    runs no model. measure(run, check, plan) -> `circuitry.checks.CheckResult`.
+    `run` is the shared `circuitry.checks.VerifiedRun` of the spec.
+    """
+
+    name: str
+    description: str
+    fields: Mapping[str, Any]
+    plan: Callable[..., Any]
+    measure: Callable[..., Any]
+    expect_keys: tuple[str, ...] = ()
+    expect_doc: str = ""
+
+
 RECORD_HOOKS: dict[str, type] = {
     "circuitry_detectors": Detector,
     "circuitry_datasets": Dataset,
@@ -140,6 +173,7 @@ RECORD_HOOKS: dict[str, type] = {
     "circuitry_interventions": Intervention,
     "circuitry_metrics": Metric,
     "circuitry_tasks": Task,
+    "circuitry_check_kinds": CheckKind,
 }
 
 
@@ -150,6 +184,7 @@ RECORD_KINDS: dict[type, str] = {
     Intervention: "intervention",
     Metric: "metric",
     Task: "task",
+    CheckKind: "check kind",
 }
 
 
@@ -231,6 +266,24 @@ def _metric_compute(rec: Metric, result: Any, args: tuple, kwargs: dict) -> str 
     return "a real number or a 0-dim tensor"
 
 
+def _check_plan(rec: CheckKind, result: Any, args: tuple, kwargs: dict) -> str | None:
+    from circuitry.checks import CheckPlan
+
+    return None if isinstance(result, CheckPlan) else "a circuitry.checks.CheckPlan"
+
+
+def _check_result(rec: CheckKind, result: Any, args: tuple, kwargs: dict) -> str | None:
+    from circuitry.checks import CheckResult
+
+    return None if isinstance(result, CheckResult) else "a circuitry.checks.CheckResult"
+
+
+def _dataset_shape(rec: Dataset, result: Any, args: tuple, kwargs: dict) -> str | None:
+    ok = (isinstance(result, tuple) and len(result) == 2
+          and all(isinstance(n, int) and not isinstance(n, bool) for n in result))
+    return None if ok else "a tuple (batch, positions) of integers"
+
+
 RESULT_CHECKS: dict[tuple[type, str], Callable[[Any, Any, tuple, dict], str | None]] = {
     (Detector, "score"): _detector_score,
     (Dataset, "generate"): _dataset_generate,
@@ -238,6 +291,9 @@ RESULT_CHECKS: dict[tuple[type, str], Callable[[Any, Any, tuple, dict], str | No
     (ModelSource, "names"): _source_names,
     (Intervention, "build"): _intervention_build,
     (Metric, "compute"): _metric_compute,
+    (CheckKind, "plan"): _check_plan,
+    (CheckKind, "measure"): _check_result,
+    (Dataset, "shape"): _dataset_shape,
 }
 
 

@@ -1,51 +1,45 @@
 """`verify(spec)`: a circuit spec checked against a model -> VerificationReport.
 
-One clean cached run serves every check. Detector and composition checks
-read it (and the weights); intervention and faithfulness checks run as one
-batched sweep per metric through `circuitry.interventions`; decomposition
-checks use `circuitry.graph.decompose`. Names in the spec that the model
-lacks (a head L9H9 in a 2-layer model) are errors at their file:line:col.
+The orchestration of the check kinds (`circuitry.checks`, one module per kind):
+
+1. the model and the clean batch (errors located at the spec's `model:` and
+   `data:` lines);
+2. every check is planned against the model: every problem of every check
+   is raised together, at its file:line:col, before any work starts;
+3. what the plans need: the reference batch (mean / resample ablations), one
+   clean cached run (with attention patterns only when a check reads them,
+   with normalisation scales for decompositions), the memory of each checked
+   against the budget first;
+4. one batched sweep per metric for every intervention of every check;
+5. each check measures its result from the shared `VerifiedRun`.
+
+The report keeps the run (`report.run`), so the HTML report, discovery and
+notebooks reuse the model, the batch, the clean run and the detector results.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from circuitry.checks import CheckPlan, CheckResult, VerifiedRun
 from circuitry.data import TokenBatch
-from circuitry.errors import UsageError, did_you_mean
+from circuitry.errors import UsageError
 from circuitry.model import HookedTransformer
 from circuitry.plugins import PluginManager, get_manager
-from circuitry.spec.format import Check, CircuitSpec, Edge, as_list, expectation_of, parse_edge
+from circuitry.spec.format import CircuitSpec, relative_to
+from circuitry.spec.loader import SpecError, raise_all
 
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One claim's outcome: the measured value next to the expectation."""
-
-    id: str
-    kind: str
-    claim: str
-    value: float | None
-    expect: str
-    passed: bool
-    details: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        value = None if self.value is None or math.isnan(self.value) else self.value
-        return {"id": self.id, "kind": self.kind, "claim": self.claim, "value": value, "expect": self.expect,
-                "passed": self.passed, "details": self.details, "seconds": round(self.seconds, 4)}
+__all__ = ["CheckResult", "VerificationReport", "load_spec_model", "spec_model_ref", "verify"]
 
 
 @dataclass(frozen=True)
 class VerificationReport:
+    """Every check's result; `run` is the shared run they were measured on (not part of the JSON)."""
+
     spec: str
     name: str
     model: str
@@ -53,6 +47,8 @@ class VerificationReport:
     checks: tuple[CheckResult, ...]
     seconds: float
     header: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    run: VerifiedRun | None = field(default=None, compare=False, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -65,446 +61,214 @@ class VerificationReport:
     def to_json(self) -> dict:
         return {"spec": self.spec, "name": self.name, "model": self.model, "data": self.data,
                 "passed": self.passed, "seconds": round(self.seconds, 3),
-                "checks": [c.to_json() for c in self.checks]}
+                "checks": [c.to_json() for c in self.checks], "warnings": list(self.warnings)}
 
 
-# ------------------------------------------------------------------ helpers
-def _items(value: Any, path: tuple) -> list[tuple[Any, tuple]]:
-    """(item, its key path) for a value that is one item or a list of items."""
-    if isinstance(value, list):
-        return [(v, (*path, i)) for i, v in enumerate(value)]
-    return [(value, path)]
-
-
-def _head(name: str) -> tuple[int, int] | None:
-    if name.startswith("L") and "H" in name:
-        l, h = name[1:].split("H")
-        return int(l), int(h)
-    return None
-
-
-class _Verifier:
-    def __init__(self, spec: CircuitSpec, model: HookedTransformer, batch: TokenBatch,
-                 reference_batch: TokenBatch | None, manager: PluginManager) -> None:
-        self.spec, self.model, self.batch, self.manager = spec, model, batch, manager
-        self.reference_batch = reference_batch
-        self._detector_cache: dict[str, Any] = {}
-        self._decomposition = None
-        self._reference = None
-        from circuitry.interventions import clean_run
-
-        # one clean run for every check: interventions, detectors (patterns) and the
-        # decomposition (norm scales) all read this cache
-        scales = [] if model.cfg.normalization is None else (
-            [f"blocks.{l}.ln1.hook_scale" for l in range(model.cfg.n_layers)] + ["ln_final.hook_scale"])
-        self.clean = clean_run(model, batch.tokens, patterns=True, extra=scales)
-        self._metric_clean: dict[str, float] = {}
-
-    # validation ---------------------------------------------------------
-    def check_node(self, name: str, path: tuple, allow: Iterable[str] = ("head", "mlp"), at_key: bool = False) -> str:
-        cfg = self.model.cfg
-        error = lambda message: self.spec.document.error(path, message, at_key=at_key)  # noqa: E731
-        valid_heads = f"L0H0..L{cfg.n_layers - 1}H{cfg.n_heads - 1}"
-        head = _head(name)
-        if head is not None:
-            l, h = head
-            if "head" not in allow:
-                raise error(f"{name} is a head; expected {' or '.join(allow)}")
-            if not (0 <= l < cfg.n_layers and 0 <= h < cfg.n_heads):
-                raise error(f"the model has no head {name}: it has heads {valid_heads} "
-                            f"({cfg.n_layers} layers x {cfg.n_heads} heads)")
-            return name
-        if name.startswith("M") and name[1:].isdigit():
-            if "mlp" not in allow:
-                raise error(f"{name} is an MLP; expected {' or '.join(allow)}")
-            if cfg.attn_only:
-                raise error(f"the model is attention-only: it has no MLP {name}")
-            if not 0 <= int(name[1:]) < cfg.n_layers:
-                raise error(f"the model has no MLP {name}: it has M0..M{cfg.n_layers - 1}")
-            return name
-        mlps = "" if cfg.attn_only or "mlp" not in allow else f" or an MLP (M0..M{cfg.n_layers - 1})"
-        raise error(f"{name!r} cannot be used here; expected a head ({valid_heads}){mlps}")
-
-    def check_edge(self, edge: Edge, path: tuple) -> Edge:
-        self.check_node(edge.sender, path)
-        if edge.kind == "direct":
-            return edge
-        self.check_node(edge.receiver, path, allow=("head",))
-        head = _head(edge.sender)
-        ls = head[0] if head else int(edge.sender[1:])  # an MLP writes after its layer's heads
-        lr = _head(edge.receiver)[0]  # type: ignore[index]
-        if ls >= lr:
-            raise self.spec.error(path, f"edge {edge}: the sender must be in an earlier layer than the "
-                                        f"receiver (layer {ls} is not before layer {lr})")
-        return edge
-
-    def validate_circuit(self) -> None:
-        for node in self.spec.nodes:
-            self.check_node(node, ("circuit", "nodes", node), at_key=True)
-        for i, edge in enumerate(self.spec.edges):
-            self.check_edge(edge, ("circuit", "edges", i))
-
-    # shared computations -----------------------------------------------
-    def detector(self, name: str):
-        if name not in self._detector_cache:
-            from circuitry.scan import run_detectors
-
-            det = self.manager.detectors()[name]
-            heads, pairs = run_detectors(self.model, self.batch, {name: det}, cache=self.clean.cache)
-            self._detector_cache[name] = heads.get(name, pairs.get(name))
-        return self._detector_cache[name]
-
-    def reference(self):
-        if self._reference is None and self.reference_batch is not None:
-            from circuitry.interventions import clean_run
-
-            self._reference = clean_run(self.model, self.reference_batch.tokens, patterns=False)
-        return self._reference
-
-    def metric_fn(self, name: str):
-        metric = self.manager.metrics()[name]
-        batch, clean_logits = self.batch, self.clean.logits
-        return metric, (lambda logits, tokens: metric.compute(logits, batch, clean_logits))
-
-    def metric_clean(self, name: str) -> float:
-        if name not in self._metric_clean:
-            metric, fn = self.metric_fn(name)
-            self._metric_clean[name] = float(fn(self.clean.logits, self.batch.tokens))
-        return self._metric_clean[name]
-
-    def sweep(self, metric: str, interventions: list) -> list[float]:
-        from circuitry.interventions import run_interventions
-
-        _, fn = self.metric_fn(metric)
-        res = run_interventions(self.model, self.clean, interventions, fn, reference=self.reference())
-        return [float(v) for v in res.values]
-
-    # checks ---------------------------------------------------------------
-    def nodes_for(self, check: Check, path: tuple) -> list[str]:
-        if "nodes" in check.options:
-            return [self.check_node(n, p) for n, p in _items(check.options["nodes"], (*path, "nodes"))]
-        key = "role" if "role" in check.options else "detector"
-        role = check.options[key]
-        nodes = [n for n, r in self.spec.nodes.items() if r == role]
-        if not nodes:
-            roles = sorted(set(self.spec.nodes.values()) - {""})
-            known = f"roles in the circuit: {', '.join(roles)}" if roles else "no circuit node has a role"
-            how = "" if key == "role" else " (a detector check without nodes: or role: checks the nodes with the " \
-                                             "detector's name as role)"
-            raise self.spec.error((*path, key), f"no circuit node has role {role!r}{did_you_mean(str(role), roles)}"
-                                                f"{how}; give nodes: [...] or role: ({known})")
-        return nodes
-
-    def detector_nodes(self, check: Check) -> list[str]:
-        """The heads a detector check scores (validated against the model)."""
-        path = check.path
-        name = check.options["detector"]
-        det = self.manager.detectors()[name]
-        if det.kind != "head":
-            raise self.spec.error((*path, "detector"), f"{name!r} scores pairs of heads; use a composition check")
-        nodes = self.nodes_for(check, path)
-        for n, p in _items(check.options.get("nodes", nodes), (*path, "nodes")):
-            if _head(n) is None:
-                raise self.spec.error(p, f"{n}: detectors score heads, not {n}")
-        return nodes
-
-    def run_detector(self, check: Check) -> CheckResult:
-        name = check.options["detector"]
-        nodes = self.detector_nodes(check)
-        scores = self.detector(name)
-        values = {n: float(scores[_head(n)]) for n in nodes}
-        _, exp = expectation_of(check)
-        return _all_hold(check, f"{name}({', '.join(nodes)})", values, exp, str(exp))
-
-    def composition_edges(self, check: Check) -> list[Edge]:
-        """The head -> head edges a composition check scores (validated against the model)."""
-        path = check.path
-        if "edges" in check.options:
-            items = [(parse_edge(e), p) for e, p in _items(check.options["edges"], (*path, "edges"))]
-        else:
-            items = [(e, ("circuit", "edges", i)) for i, e in enumerate(self.spec.edges) if e.kind in ("Q", "K", "V")]
-            if not items:
-                raise self.spec.error((*path, "kind"), "the circuit has no Q/K/V edges to score; give edges: [...]")
-        edges = []
-        for e, p in items:
-            if e.kind == "direct" or _head(e.sender) is None:
-                raise self.spec.error(p, f"{e}: composition scores are defined for head -> head Q/K/V edges")
-            edges.append(self.check_edge(e, p))
-        return edges
-
-    def run_composition(self, check: Check) -> CheckResult:
-        edges = self.composition_edges(check)
-        ps = self.detector("composition")
-        key, exp = expectation_of(check)
-        values, raw = {}, {}
-        for e in edges:
-            (l1, h1), (l2, h2) = _head(e.sender), _head(e.receiver)  # type: ignore[misc]
-            score = float(ps.scores[e.kind][l1, h1, l2, h2])
-            base = float(ps.baseline[e.kind])
-            raw[str(e)] = {"score": score, "baseline": base, "ratio_to_baseline": score / base}
-            values[str(e)] = score / base if key == "ratio_to_baseline" else score
-        what = "composition ratio to baseline" if key == "ratio_to_baseline" else "composition score"
-        res = _all_hold(check, f"{what} of {', '.join(values)}", values, exp,
-                        f"{key} {exp}" if key == "ratio_to_baseline" else str(exp))
-        return _with_details(res, {"edges": raw})
-
-    def intervention_of(self, check: Check):
-        from circuitry.interventions import Combined
-        from circuitry.interventions import Edge as IEdge
-
-        record = self.manager.interventions()[check.options["intervention"]]
-        parts = []
-        for t, path in _items(check.options["target"], (*check.path, "target")):
-            if isinstance(t, dict) or "->" in str(t):
-                e = self.check_edge(parse_edge(t), path)
-                receiver = "logits" if e.kind == "direct" else e.receiver
-                target: Any = IEdge(e.sender, receiver, e.kind)
-                if "edge" not in record.targets:
-                    raise self.spec.error(path, f"intervention {record.name!r} does not apply to edges")
-            else:
-                target = self.check_node(str(t), path)
-            try:
-                parts.append(record.build(target))
-            except UsageError as exc:
-                raise self.spec.error(path, str(exc)) from None
-        return parts[0] if len(parts) == 1 else Combined(tuple(parts))
-
-    def faithfulness_of(self, check: Check):
-        from circuitry.interventions import Combined, Node
-
-        method_name = check.options.get("ablation", "mean")
-        record = self.manager.interventions()[method_name]
-        if "nodes" in check.options:
-            nodes = [self.check_node(n, p) for n, p in _items(check.options["nodes"], (*check.path, "nodes"))]
-        else:
-            nodes = list(self.spec.nodes)  # checked by validate_circuit
-        cfg = self.model.cfg
-        every = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
-        if not cfg.attn_only:
-            every += [f"M{l}" for l in range(cfg.n_layers)]
-        outside = [n for n in every if n not in nodes]
-        build = lambda ns: Combined(tuple(record.build(Node.parse(n)) for n in ns))  # noqa: E731
-        if not outside:
-            raise self.spec.error((*check.path, "nodes") if "nodes" in check.options else ("circuit", "nodes"),
-                                  "the circuit holds every component; nothing is left to ablate")
-        return nodes, build(every), build(outside)
-
-
-def _all_hold(check: Check, claim: str, values: dict[str, float], exp, expect_text: str) -> CheckResult:
-    """Every value must satisfy the expectation; the reported value is the one closest to failing."""
-    holds = {k: exp.holds(v) for k, v in values.items()}
-    failing = [k for k, ok in holds.items() if not ok]
-    if failing:
-        worst = failing[0]
-    elif exp.op in (">=", ">"):
-        worst = min(values, key=values.get)
-    elif exp.op in ("<=", "<"):
-        worst = max(values, key=values.get)
-    else:
-        worst = next(iter(values))
-    return CheckResult(check.id, check.kind, claim, values[worst], expect_text, not failing,
-                       {"values": values} if len(values) > 1 else {})
-
-
-def _with_details(res: CheckResult, extra: dict) -> CheckResult:
-    return dataclasses.replace(res, details={**res.details, **extra})
-
-
-def _timed(res: CheckResult, seconds: float) -> CheckResult:
-    return dataclasses.replace(res, seconds=seconds)
-
-
-# ------------------------------------------------------------------ entry point
-def _check_device(device: str | None) -> None:
-    """A UsageError for a device torch does not know or this machine lacks."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps ...)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r}: CUDA is not available here (use cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device {device!r}: MPS is not available here (use cpu)")
-
-
-def _spec_relative(spec: CircuitSpec) -> str:
-    """The spec's model reference; a relative path is looked up next to the spec file first."""
-    from pathlib import Path
-
+# ------------------------------------------------------------------ model and data
+def spec_model_ref(spec: CircuitSpec) -> str:
+    """The spec's model reference, with a relative path (plain, `file:`, `hf:` or `tl:`) read from the
+    spec's directory when it exists there."""
     from circuitry.sources import split_ref
 
     scheme, rest = split_ref(spec.model)
-    if scheme == "file" and not Path(rest).is_absolute() and spec.file != "<string>":
-        beside = Path(spec.file).parent / rest
-        if beside.exists():
-            return str(beside)
-    return spec.model
-
-def _data_batch(spec: CircuitSpec, model: HookedTransformer, data: dict, key: str) -> TokenBatch:
-    from circuitry.datasets import make_batch
-
-    # the dataset and its parameters were checked when the spec loaded (spec.format)
-    try:
-        return make_batch(model, data).to(model.device)
-    except UsageError as exc:
-        raise spec.error((key,), str(exc)) from None
+    if scheme not in ("file", "hf", "tl") or not rest:
+        return spec.model
+    beside = relative_to(spec.file, rest)
+    if beside == rest:
+        return spec.model
+    return beside if spec.model == rest else f"{scheme}:{beside}"
 
 
 def load_spec_model(spec: CircuitSpec, model_ref: str | None = None,
                     device: str | None = None) -> tuple[HookedTransformer, str]:
-    """The spec's model (or `model_ref`) and the reference it was loaded from; load errors
-    of the spec's own `model:` point at that line."""
-    from circuitry.sources import load_model
+    """The spec's model (or `model_ref`) and the reference it was loaded from; load errors of the spec's
+    own `model:` point at that line."""
+    from circuitry.sources import check_device, load_model
 
-    _check_device(device)
-    ref = model_ref or _spec_relative(spec)  # the report names the model as loaded
+    check_device(device)  # not the spec's fault: not located at its model line
+    ref = model_ref or spec_model_ref(spec)
     try:
         return load_model(ref, device=device), ref
+    except SpecError:
+        raise
     except UsageError as exc:
         if model_ref:
             raise
         raise spec.error(("model",), str(exc)) from None
 
 
+def _batch(spec: CircuitSpec, model: HookedTransformer, data: Any, key: tuple, manager: PluginManager,
+           located: bool = True) -> TokenBatch:
+    from circuitry.datasets import make_batch
+
+    try:
+        return make_batch(model, data, manager).to(model.device)
+    except SpecError:
+        raise
+    except UsageError as exc:
+        if not located:
+            raise
+        raise spec.error(key, str(exc)) from None
+
+
+def _data_key(spec: CircuitSpec, key: str) -> tuple:
+    return (key,) if key in spec.document.data else ()
+
+
+# ------------------------------------------------------------------ planning
+def _validate_circuit(run: VerifiedRun) -> list[SpecError]:
+    """Every circuit node and edge checked against the model; the problems found."""
+    errors = []
+    for node in run.spec.nodes:
+        try:
+            run.component(node, ("circuit", "nodes", node), allow=("head", "mlp", "embed", "pos_embed"),
+                          at_key=True)
+        except SpecError as exc:
+            errors.append(exc)
+    for i, edge in enumerate(run.spec.edges):
+        try:
+            run.edge(edge, ("circuit", "edges", i))
+        except SpecError as exc:
+            errors.append(exc)
+    return errors
+
+
+def _located(run: VerifiedRun, path: tuple, exc: UsageError) -> SpecError:
+    return exc if isinstance(exc, SpecError) else run.error(path, str(exc))
+
+
+def _plan(run: VerifiedRun) -> dict[str, CheckPlan]:
+    """Every check planned against the model; every problem raised together."""
+    errors = _validate_circuit(run)
+    plans: dict[str, CheckPlan] = {}
+    for check in run.spec.checks:
+        try:
+            kind = run.lookup("circuitry_check_kinds", check.kind, (*check.path, "kind"))
+            plans[check.id] = kind.plan(run, check)
+        except UsageError as exc:
+            errors.append(_located(run, check.path, exc))
+    raise_all(errors)
+    return plans
+
+
+def _needs(plans: dict[str, CheckPlan]) -> frozenset[str]:
+    out: frozenset[str] = frozenset()
+    for plan in plans.values():
+        out |= plan.needs
+    return out
+
+
+# ------------------------------------------------------------------ running
+def _clean_run(run: VerifiedRun, needs: frozenset[str], keep_patterns: bool) -> None:
+    from circuitry.budget import require, run_bytes
+    from circuitry.interventions import clean_run
+
+    model, tokens = run.model, run.batch.tokens
+    patterns = "patterns" in needs or keep_patterns
+    try:
+        require(run_bytes(model.cfg, *tokens.shape, patterns=patterns), f"the clean run on {tuple(tokens.shape)} tokens")
+    except UsageError as exc:
+        raise run.error(_data_key(run.spec, "data"), str(exc)) from None
+    scales = [] if model.cfg.normalization is None or "scales" not in needs else (
+        [f"blocks.{l}.ln1.hook_scale" for l in range(model.cfg.n_layers)] + ["ln_final.hook_scale"])
+    run.clean = clean_run(model, tokens, patterns=patterns, extra=scales)
+
+
+def _reference(run: VerifiedRun, data_override: Any, manager: PluginManager) -> None:
+    spec = run.spec
+    if data_override is not None:  # the overriding data with the next seed (or the same data)
+        from circuitry.datasets import resolve
+
+        ds, values = resolve(data_override, manager)
+        if "seed" in values and values["seed"] < 2**63 - 1:
+            values["seed"] += 1
+        batch = _batch(spec, run.model, {"name": ds.name, **values}, (), manager, located=False)
+    else:
+        key = "reference_data" if "reference_data" in spec.document.data else "data"
+        batch = _batch(spec, run.model, spec.reference_data, _data_key(spec, key), manager)
+        if batch.tokens.shape[1] < run.batch.tokens.shape[1]:
+            raise spec.error(_data_key(spec, key), f"the reference data has {batch.tokens.shape[1]} positions, "
+                                                   f"fewer than the {run.batch.tokens.shape[1]} of the clean data: "
+                                                   f"mean and resample ablations need at least as many")
+    run.reference_batch = batch
+
+
+def _sweeps(run: VerifiedRun, plans: dict[str, CheckPlan]) -> dict[str, float]:
+    """One batched sweep per metric over the interventions of every check; seconds per check."""
+    from circuitry.interventions import run_interventions
+
+    by_metric: dict[str, list[tuple[str, str, Any]]] = {}
+    for check in run.spec.checks:
+        for s in plans[check.id].sweeps:
+            by_metric.setdefault(s.metric, []).append((check.id, s.key, s.intervention))
+    seconds: dict[str, float] = {}
+    for metric, items in by_metric.items():
+        first = next(c for c in run.spec.checks if c.id == items[0][0])
+        t = time.perf_counter()
+        _, fn = run.metric(metric, first.path)
+        try:
+            res = run_interventions(run.model, run.clean, [it for _, _, it in items], fn, reference=run.reference())
+        except SpecError:
+            raise
+        except UsageError as exc:
+            raise _located(run, first.path, exc) from None
+        for (_, key, _), value in zip(items, res.values):
+            run.swept[key] = float(value)
+        per = (time.perf_counter() - t) / len(items)
+        for check_id, _, _ in items:
+            seconds[check_id] = seconds.get(check_id, 0.0) + per
+    return seconds
+
+
+def _measure(run: VerifiedRun, plans: dict[str, CheckPlan], sweep_seconds: dict[str, float]) -> list[CheckResult]:
+    from dataclasses import replace
+
+    results, errors = [], []
+    for check in run.spec.checks:
+        t = time.perf_counter()
+        kind = run.lookup("circuitry_check_kinds", check.kind, (*check.path, "kind"))
+        try:
+            res = kind.measure(run, check, plans[check.id])
+        except UsageError as exc:
+            errors.append(_located(run, check.path, exc))
+            continue
+        results.append(replace(res, seconds=time.perf_counter() - t + sweep_seconds.get(check.id, 0.0)))
+    raise_all(errors)
+    return results
+
+
 def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref: str | None = None,
-           device: str | None = None, manager: PluginManager | None = None) -> VerificationReport:
-    """Check every claim of `spec`; `model` / `model_ref` override the spec's model."""
+           device: str | None = None, manager: PluginManager | None = None, data: Any = None,
+           keep_patterns: bool = False) -> VerificationReport:
+    """Check every claim of `spec`; `model` / `model_ref` override the spec's model, `data` (a data reference)
+    its data. keep_patterns: keep the attention patterns in the clean run even when no check reads them
+    (for pictures drawn from `report.run`)."""
+    from circuitry.diagnostics import collecting, warn
+
     start = time.perf_counter()
     manager = manager or get_manager()
     ref = model_ref or spec.model
     if model is None:
         model, ref = load_spec_model(spec, model_ref, device)
     model.eval()
-    with torch.inference_mode():
-        batch = _data_batch(spec, model, spec.data, "data")
-        needs_ref = any(c.kind in ("intervention", "faithfulness") for c in spec.checks)
-        reference = _data_batch(spec, model, spec.reference_data,
-                                "reference_data" if "reference_data" in spec.document.data else "data"
-                                ) if needs_ref else None
-        v = _Verifier(spec, model, batch, reference, manager)
-        v.validate_circuit()
-        results: dict[str, CheckResult] = {}
-        # intervention-style checks: planned first, then one sweep per metric
-        sweeps: dict[str, list[tuple[str, Any]]] = {}
-        plans: dict[str, Any] = {}
-        for check in spec.checks:  # every check is validated against the model before any runs
-            if check.kind == "detector":
-                v.detector_nodes(check)
-            elif check.kind == "composition":
-                v.composition_edges(check)
-            elif check.kind == "decomposition":
-                _decomposition_plan(v, check)
-            elif check.kind == "intervention":
-                metric = check.options["metric"]
-                sweeps.setdefault(metric, []).append((check.id, v.intervention_of(check)))
-            elif check.kind == "faithfulness":
-                metric = check.options.get("metric", "loss")
-                nodes, all_abl, outside_abl = v.faithfulness_of(check)
-                plans[check.id] = nodes
-                sweeps.setdefault(metric, []).extend([(check.id + ":all", all_abl), (check.id + ":outside", outside_abl)])
-        swept: dict[str, float] = {}
-        sweep_seconds: dict[str, float] = {}
-        for metric, items in sweeps.items():
-            t = time.perf_counter()
-            values = v.sweep(metric, [it for _, it in items])
-            for (key, _), value in zip(items, values):
-                swept[key] = value
-            per = (time.perf_counter() - t) / max(1, len(items))
-            for key, _ in items:
-                sweep_seconds[key.split(":")[0]] = sweep_seconds.get(key.split(":")[0], 0.0) + per
-        for check in spec.checks:
-            t = time.perf_counter()
-            if check.kind == "detector":
-                res = v.run_detector(check)
-            elif check.kind == "composition":
-                res = v.run_composition(check)
-            elif check.kind == "intervention":
-                res = _intervention_result(v, check, swept[check.id])
-            elif check.kind == "faithfulness":
-                res = _faithfulness_result(v, check, plans[check.id], swept[check.id + ":all"],
-                                           swept[check.id + ":outside"])
-            elif check.kind == "decomposition":
-                res = _decomposition_result(v, check)
-            else:  # pragma: no cover - the schema admits no other kinds
-                raise UsageError(f"unknown check kind {check.kind!r}")
-            results[check.id] = _timed(res, time.perf_counter() - t + sweep_seconds.get(check.id, 0.0))
+    with collecting() as found, torch.inference_mode():
+        batch = _batch(spec, model, data if data is not None else spec.data, _data_key(spec, "data"), manager,
+                       located=data is None)
+        run = VerifiedRun(spec, model, batch, manager)
+        plans = _plan(run)
+        needs = _needs(plans)
+        if "reference" in needs:
+            _reference(run, data, manager)
+        _clean_run(run, needs, keep_patterns)
+        sweep_seconds = _sweeps(run, plans)
+        results = _measure(run, plans, sweep_seconds)
     header: list[str] = []
-    for lines in manager.hook.circuitry_report_header(spec=spec, model=model):
+    for lines in manager.call_hook("circuitry_report_header", spec=spec, model=model):
         header.extend([lines] if isinstance(lines, str) else list(lines or []))
-    report = VerificationReport(spec.file, spec.name, ref, batch.description,
-                                tuple(results[c.id] for c in spec.checks), time.perf_counter() - start, tuple(header))
-    manager.hook.circuitry_verify_finished(report=report)
+    warnings = [*spec.warnings, *found, *run.warnings]
+    for message in warnings:
+        warn(message)  # to the command's warnings (stderr, --json) or Python's warnings
+    report = VerificationReport(spec.file, spec.name, ref, batch.description, tuple(results),
+                                time.perf_counter() - start, tuple(header), tuple(dict.fromkeys(warnings)), run)
+    manager.call_hook("circuitry_verify_finished", report=report)
     return report
-
-
-def _intervention_result(v: _Verifier, check: Check, value: float) -> CheckResult:
-    metric = check.options["metric"]
-    clean = v.metric_clean(metric)
-    key, exp = expectation_of(check)
-    measured = {"change": value - clean, "relative_change": (value - clean) / abs(clean) if clean else math.nan,
-                "value": value}[key]
-    targets = ", ".join(str(parse_edge(t)) if isinstance(t, dict) or "->" in str(t) else str(t)
-                        for t in as_list(check.options["target"]))
-    what = {"change": "change in", "relative_change": "relative change in", "value": ""}[key]
-    claim = f"{check.options['intervention']} {targets}: {what} {metric}".replace("  ", " ")
-    return CheckResult(check.id, check.kind, claim, measured, f"{exp}", exp.holds(measured),
-                       {"metric_clean": clean, "metric_intervened": value})
-
-
-def _faithfulness_result(v: _Verifier, check: Check, nodes: list[str], all_ablated: float,
-                         circuit_only: float) -> CheckResult:
-    metric = check.options.get("metric", "loss")
-    clean = v.metric_clean(metric)
-    denom = all_ablated - clean
-    frac = (all_ablated - circuit_only) / denom if denom else math.nan
-    _, exp = expectation_of(check)
-    method = check.options.get("ablation", "mean")
-    claim = f"{metric} recovered by {', '.join(nodes)} ({method}-ablating the rest)"
-    return CheckResult(check.id, check.kind, claim, frac, str(exp), exp.holds(frac),
-                       {"metric_clean": clean, "metric_all_ablated": all_ablated,
-                        "metric_circuit_only": circuit_only})
-
-
-def _decomposition_plan(v: _Verifier, check: Check) -> tuple[tuple[str, ...], Any]:
-    """(the validated path, the target: 'correct' or a token id) of a decomposition check."""
-    from circuitry.graph.paths import parse_path
-
-    try:
-        key = parse_path(tuple(as_list(check.options["path"])), v.model.cfg)
-    except UsageError as exc:
-        raise v.spec.error((*check.path, "path"), str(exc)) from None
-    target = check.options.get("target", "correct")
-    if target != "correct":
-        target = int(target)  # the schema admits 'correct', digits or an integer
-        if not 0 <= target < v.model.cfg.d_vocab:
-            raise v.spec.error((*check.path, "target"), f"target token {target} is not a token id of the model "
-                                                        f"(0..{v.model.cfg.d_vocab - 1})")
-    return key, target
-
-
-def _decomposition_result(v: _Verifier, check: Check) -> CheckResult:
-    from circuitry.graph import decompose
-
-    key, target = _decomposition_plan(v, check)
-    if v._decomposition is None:
-        v._decomposition = decompose(v.model, v.batch.tokens, v.clean.cache, v.clean.logits)
-    dec = v._decomposition
-    try:
-        proj = dec.project(target)
-    except UsageError as exc:
-        raise v.spec.error((*check.path, "target"), str(exc)) from None
-    positions = check.options.get("positions", "predictable")
-    mask = v.batch.predictable.to(proj.valid.device) if positions == "predictable" else None
-    term = float(proj.mean(mask)[proj.paths.index(key)])
-    total = float(proj.total()[proj._mask(mask)].mean())
-    share = term / total if total else math.nan
-    _, exp = expectation_of(check)
-    name = " -> ".join(key)
-    claim = f"share of the {'correct-token' if target == 'correct' else f'token {target}'} logit through {name}"
-    return CheckResult(check.id, check.kind, claim, share, str(exp), exp.holds(share),
-                       {"term_mean": term, "total_mean": total, "positions": positions})

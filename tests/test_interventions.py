@@ -192,12 +192,32 @@ def test_patching_with_the_clean_sender_changes_nothing(which, shipped, ln_model
     model = shipped if which == "shipped" else ln_model
     tokens = _tokens(model, 4, seed=3)
     clean = clean_run(model, tokens)
+    # the reference differs from the clean batch only in its last token, so resampling (which never
+    # draws a row from itself) patches in the sender's own activations at every earlier position
+    ref_tokens = tokens.clone()
+    ref_tokens[:, -1] = (tokens[:, -1] + 1) % model.cfg.d_vocab
     items = [EdgePatch(Edge(s, "L1H1", k), "resample") for s in ("L0H0", "L0H3") for k in "QKV"]
     items += [EdgePatch(Edge("L0H0", "logits", "direct"), "resample")]
     for method in ("naive", "batched"):
-        res = run_interventions(model, clean, items, reference=clean, method=method)
+        res = run_interventions(model, clean, items, reference=ref_tokens, method=method)
         for v in res.values:
-            torch.testing.assert_close(v, clean.logits, atol=f32_atol(clean.logits), rtol=0)
+            expected = clean.logits[:, :-1]
+            torch.testing.assert_close(v[:, :-1], expected, atol=f32_atol(expected), rtol=0)
+            assert not torch.allclose(v[:, -1], clean.logits[:, -1])  # the last position was patched
+
+
+def test_resampling_never_draws_a_row_from_itself(shipped):
+    """With the clean batch as its own reference, row i is resampled from another row (else nothing would
+    change); a reference whose rows all equal a clean row is refused."""
+    tokens = _tokens(shipped, 4, seed=3)
+    clean = clean_run(shipped, tokens)
+    ablation = Ablation("L0H0", "resample")
+    same = run_interventions(shipped, clean, [ablation], reference=clean).values[0]
+    by_hand = run_interventions(shipped, clean, [ablation], reference=tokens.roll(-1, 0)).values[0]
+    torch.testing.assert_close(same, by_hand, atol=f32_atol(by_hand), rtol=0)  # row i took row i + 1
+    assert (same - clean.logits).abs().max() > 0.1
+    with pytest.raises(UsageError, match="every sequence of the reference data equals sequence 0"):
+        run_interventions(shipped, tokens[:1], [ablation], reference=tokens[:1])
 
 
 @pytest.mark.parametrize("which", ["shipped", "ln"])
@@ -298,7 +318,7 @@ def test_bad_input_gives_usage_errors(shipped):
         (lambda: run_interventions(shipped, clean, [Ablation("L2H0")]), "no head L2H0"),
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0", "mean")], reference=tokens[:, :5]),
          "positions"),
-        (lambda: run_interventions(shipped, tokens[:1], [Ablation("L0H0", "resample")]), "at least 2"),
+        (lambda: run_interventions(shipped, tokens[:1], [Ablation("L0H0", "resample")]), "every sequence of the reference data equals sequence 0"),
         (lambda: run_interventions(shipped, no_patterns, [Ablation("L0H0", preserve_patterns=True)]),
          "hook_pattern"),
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0")], method="fast"), "method"),

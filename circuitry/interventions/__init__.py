@@ -19,7 +19,7 @@ Example::
 
 from circuitry.interventions.records import (
     METHODS, Ablation, CleanRun, Combined, EdgePatch, Intervention, Metric, SweepResult, clean_hook_names,
-    clean_run, parts_of,
+    clean_run, parts_of, reference_run,
 )
 from circuitry.interventions.sweep import (
     default_max_batch, intervention_hooks, run_interventions, run_with_intervention,
@@ -29,6 +29,6 @@ from circuitry.interventions.targets import EDGE_KINDS, LOGITS, Edge, Node, all_
 __all__ = [
     "METHODS", "EDGE_KINDS", "LOGITS", "Node", "Edge", "all_heads", "all_mlps",
     "Ablation", "EdgePatch", "Combined", "Intervention", "Metric", "parts_of",
-    "CleanRun", "clean_run", "clean_hook_names", "SweepResult",
+    "CleanRun", "clean_run", "reference_run", "clean_hook_names", "SweepResult",
     "run_interventions", "run_with_intervention", "intervention_hooks", "default_max_batch",
 ]

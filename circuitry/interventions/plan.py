@@ -111,15 +111,9 @@ class Context:
                 ref = self._raw(src, node, "reference" if self.reference else "clean")
                 if method == "mean":
                     new = ref.mean(0, keepdim=True)  # [1, pos, ...]: per position, over the batch
-                else:  # resample: same positions, another sequence
-                    n = ref.shape[0]
-                    if self.reference is None:
-                        if n < 2:
-                            raise UsageError("resample without a reference batch needs a clean batch of "
-                                             "at least 2 sequences")
-                        idx = (torch.arange(self.batch, device=ref.device) + 1) % n
-                    else:
-                        idx = torch.arange(self.batch, device=ref.device) % n
+                else:  # resample: same positions, another sequence, never the row itself
+                    idx = resample_rows(self.clean.tokens[:, : self.pos], src.tokens[:, : self.pos],
+                                        start=0 if self.reference is not None else 1)
                     new = ref[idx]
             self._new[key] = new
         return self._new[key]
@@ -229,3 +223,22 @@ def collect(ctx: Context, parts_by_copy: list[tuple[slice, tuple[Part, ...]]], s
             for name, fn in act.always:
                 mods[name].append((rows, fn))
     return hook_specs(mods)
+
+
+def resample_rows(clean: torch.Tensor, reference: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Which reference row each clean row [batch, pos] takes in a resample ablation: row (i + start) mod n,
+    or the next one after it whose tokens differ from clean row i, so that no row is "resampled" from
+    itself (which would change nothing). A UsageError when every reference row equals clean row i."""
+    n = reference.shape[0]
+    idx = []
+    for i in range(clean.shape[0]):
+        for k in range(n):
+            j = (i + start + k) % n
+            if not torch.equal(clean[i], reference[j]):
+                idx.append(j)
+                break
+        else:
+            raise UsageError(f"resample ablation: every sequence of the reference data equals sequence {i} of "
+                             f"the clean data, so resampling would change nothing; give reference data with "
+                             f"other sequences (a spec's reference_data) or use mean ablation")
+    return torch.tensor(idx, dtype=torch.long, device=reference.device)

@@ -169,6 +169,22 @@ def clean_run(model, tokens: torch.Tensor, patterns: bool = True, extra: Iterabl
     return CleanRun(tokens, logits, cache)
 
 
+def reference_names(model) -> list[str]:
+    """The hook points mean and resample ablations read from a reference run: every head's z and MLP output."""
+    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    if not model.cfg.attn_only:
+        names += [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    return names
+
+
+def reference_run(model, tokens: torch.Tensor) -> CleanRun:
+    """Run `model` on reference tokens [batch, pos], caching only what mean and resample ablations read."""
+    tokens = model.check_tokens(tokens)
+    with torch.inference_mode():
+        logits, cache = model.run_with_cache(tokens, names=reference_names(model))
+    return CleanRun(tokens, logits, cache)
+
+
 @dataclass(frozen=True, eq=False)
 class SweepResult:
     """Per-intervention results of `run_interventions`, in the order given.

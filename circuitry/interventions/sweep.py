@@ -21,6 +21,7 @@ from circuitry.errors import UsageError
 from circuitry.interventions.plan import Context, collect, stage_layers
 from circuitry.interventions.records import (
     Ablation, CleanRun, EdgePatch, Intervention, Metric, SweepResult, as_interventions, clean_run, parts_of,
+    reference_run,
 )
 
 RUN_METHODS = ("batched", "naive")
@@ -43,13 +44,7 @@ def _as_reference(model, reference: CleanRun | torch.Tensor | None) -> CleanRun 
     if reference is None or isinstance(reference, CleanRun):
         return reference
     if isinstance(reference, torch.Tensor):
-        tokens = model.check_tokens(reference)
-        names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
-        if not model.cfg.attn_only:
-            names += [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
-        with torch.inference_mode():
-            logits, cache = model.run_with_cache(tokens, names=names)
-        return CleanRun(tokens, logits, cache)
+        return reference_run(model, reference)
     raise UsageError(f"reference must be a CleanRun, a token tensor [batch, pos] or None, "
                      f"got {type(reference).__name__}")
 

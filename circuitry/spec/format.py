@@ -17,20 +17,23 @@ checks:
   - {id: prev, kind: detector, detector: previous_token, nodes: [L0H0], expect: ">= 0.9"}
 ```
 
-`SPEC_SCHEMA` is the single source of truth: `load_spec` validates with it
-and `json_schema()` turns it into the JSON Schema for editors.
+`spec_schema()` is the single source of truth: `load_spec` validates with it
+and `json_schema()` turns it into the JSON Schema for editors. The variants
+of a check (`kind: detector` ...) come from the registered check kinds
+(`circuitry.checks`; plugins add kinds). Every problem of a spec is reported
+in one run, in line order.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from circuitry.errors import did_you_mean
 from circuitry.names import EDGE_DOC, EDGE_KINDS, EDGE_PATTERN, NODE_DOC, NODE_PATTERN, Edge, parse_edge
 from circuitry.spec.expect import Expectation, parse_expectation
-from circuitry.spec.loader import Document, SpecError, load_document, load_file
+from circuitry.spec.loader import Document, SpecError, load_document, load_file, raise_all
 from circuitry.spec.schema import (
     AnyOf,
     Bool,
@@ -43,13 +46,26 @@ from circuitry.spec.schema import (
     Obj,
     Str,
     Tagged,
+    _show,
     _type_name,
+    problems,
     to_json_schema,
-    validate,
 )
 
 API_VERSION = "circuitry/v1"
 NODE_RE = NODE_PATTERN
+
+
+SEED_LIMITS = (0, 2**63 - 1)  # what torch.Generator.manual_seed takes
+
+
+def _lookup(hook: str, what: str):
+    """A check for names that plugins provide: the plugin manager's 'unknown' or 'not available' error."""
+    def check(name: str) -> None:
+        from circuitry.plugins import get_manager
+
+        get_manager().get(hook, name, what)
+    return check
 
 
 def _plugin_names(hook: str):
@@ -60,24 +76,26 @@ def _plugin_names(hook: str):
     return names
 
 
-NODE = Str(doc=NODE_DOC, pattern=NODE_RE, pattern_doc=NODE_DOC)
-EDGE_STR = Str(doc=EDGE_DOC, pattern=EDGE_PATTERN, pattern_doc=EDGE_DOC)
+def _plugin_name(hook: str, what: str, doc: str) -> Str:
+    return Str(dynamic=_plugin_names(hook), check=_lookup(hook, what), what=what, doc=doc)
+
+
+NODE = Str(doc=NODE_DOC, pattern=NODE_PATTERN, pattern_doc=NODE_DOC)
+EDGE_STR = Str(doc=EDGE_DOC, pattern=EDGE_PATTERN, pattern_doc=EDGE_DOC, check=parse_edge)
 EDGE_OBJ = Obj({
     "from": Field(NODE, required=True, doc="the sender"),
-    "to": Field(NODE, required=True, doc="the receiver (a later head, or logits for direct)"),
+    "to": Field(NODE, required=True, doc="the receiver (a later head or MLP, or logits for direct)"),
     "kind": Field(Str(choices=EDGE_KINDS), required=True, doc="which input of the receiver"),
 })
 EDGE = AnyOf((EDGE_STR, EDGE_OBJ), doc="an edge")
 NODES = AnyOf((NODE, ListOf(NODE, min_items=1)), doc="one node or a list of nodes")
-DETECTORS = Str(dynamic=_plugin_names("circuitry_detectors"), what="detector",
-                doc="a detector (a plugin name; `circuitry plugins` lists them)")
-METRICS = Str(dynamic=_plugin_names("circuitry_metrics"), what="metric",
-              doc="a metric (a plugin name; `circuitry plugins` lists them)")
-INTERVENTIONS = Str(dynamic=_plugin_names("circuitry_interventions"), what="intervention",
-                    doc="an intervention (a plugin name; `circuitry plugins` lists them)")
-DATASETS = Str(dynamic=_plugin_names("circuitry_datasets"), what="dataset",
-               doc="a dataset (a plugin name; `circuitry plugins` lists them)")
-PATH_TERM = Str(pattern=rf"{NODE_RE}|direct|bias|remainder",
+DETECTORS = _plugin_name("circuitry_detectors", "detector",
+                         "a detector (a plugin name; `circuitry plugins` lists them)")
+METRICS = _plugin_name("circuitry_metrics", "metric", "a metric (a plugin name; `circuitry plugins` lists them)")
+INTERVENTIONS = _plugin_name("circuitry_interventions", "intervention",
+                             "an intervention (a plugin name; `circuitry plugins` lists them)")
+DATASETS = _plugin_name("circuitry_datasets", "dataset", "a dataset (a plugin name; `circuitry plugins` lists them)")
+PATH_TERM = Str(pattern=rf"{NODE_PATTERN}|direct|bias|remainder",
                 pattern_doc="a head L{layer}H{head}, an MLP M{layer}, direct, bias or remainder")
 TARGET = AnyOf((Str(pattern=r"correct|\d+", pattern_doc="'correct' or a token id"), Int(minimum=0)),
                doc="the logit to explain: correct (the next token; default) or a token id")
@@ -85,91 +103,69 @@ SCALAR = AnyOf((Str(), Num(), Bool(), ListOf(Str())), doc="a parameter value (a 
 
 DATA = Obj({"name": Field(DATASETS, doc="the dataset plugin (default: repeated, or text when text is given)")},
            extra=SCALAR, doc="a dataset plugin and its parameters")
-CHANGE = Obj({
-    "change": Field(ExpectT(), doc="metric(intervened) - metric(clean)"),
-    "relative_change": Field(ExpectT(), doc="(metric(intervened) - metric(clean)) / |metric(clean)|"),
-    "value": Field(ExpectT(), doc="metric(intervened) itself"),
-}, doc="exactly one of change, relative_change, value")
-COMPOSITION_EXPECT = Obj({
-    "score": Field(ExpectT(), doc="the composition score itself"),
-    "ratio_to_baseline": Field(ExpectT(), doc="score / random-matrix baseline"),
-}, doc="exactly one of score, ratio_to_baseline")
 
 COMMON = {
     "id": Field(Str(pattern=r"[A-Za-z0-9_.\-]+", pattern_doc="an id made of letters, digits, '_', '-' and '.'"),
-                required=True,
-                doc="a unique name for the claim"),
+                required=True, doc="a unique name for the claim"),
     "description": Field(Str(), doc="what the claim means"),
 }
-CHECKS = Tagged("kind", {
-    "detector": Obj({
-        "detector": Field(DETECTORS, required=True),
-        "nodes": Field(NODES, doc="heads to check (default: the circuit's nodes whose role is the detector)"),
-        "role": Field(Str(), doc="check the circuit's nodes with this role"),
-        "expect": Field(ExpectT(), required=True, doc="must hold for every node"),
-    }, doc="a detector score of each node"),
-    "composition": Obj({
-        "edges": Field(AnyOf((EDGE, ListOf(EDGE, min_items=1))),
-                       doc="edges to check (default: the circuit's Q/K/V edges)"),
-        "expect": Field(AnyOf((ExpectT(), COMPOSITION_EXPECT)), required=True,
-                        doc="on the score, or {ratio_to_baseline: ...}; must hold for every edge"),
-    }, doc="composition scores of edges"),
-    "intervention": Obj({
-        "intervention": Field(INTERVENTIONS, required=True),
-        "target": Field(AnyOf((EDGE, NODE, ListOf(AnyOf((EDGE, NODE)), min_items=1))), required=True,
-                        doc="a node, an edge, or a list of them intervened on together"),
-        "metric": Field(METRICS, required=True),
-        "expect": Field(AnyOf((ExpectT(), CHANGE)), required=True,
-                        doc="on the change of the metric, or {relative_change: ...} / {value: ...}"),
-    }, doc="the effect of an intervention on a metric"),
-    "faithfulness": Obj({
-        "ablation": Field(INTERVENTIONS, doc="how nodes outside the circuit are removed (default: mean)"),
-        "metric": Field(METRICS, doc="default: loss"),
-        "nodes": Field(NODES, doc="the circuit (default: its nodes)"),
-        "expect": Field(ExpectT(), required=True, doc="on the fraction of the metric recovered"),
-    }, doc="fraction of the metric recovered by the circuit alone"),
-    "decomposition": Obj({
-        "path": Field(AnyOf((PATH_TERM, ListOf(NODE, min_items=1))), required=True,
-                      doc="a path term: a head, an MLP, direct, bias, remainder, or [A, B]: two heads in "
-                          "increasing layers (a virtual head)"),
-        "target": Field(TARGET),
-        "positions": Field(Str(choices=("predictable", "all")), doc="default: predictable"),
-        "expect": Field(ExpectT(), required=True, doc="on the path's share of the target logit"),
-    }, doc="a path's share of the target logit in the exact decomposition"),
-}, common=COMMON, doc="one claim")
 
-SPEC_SCHEMA = Obj({
-    "apiVersion": Field(Str(choices=(API_VERSION,)), required=True, doc="the spec format version"),
-    "kind": Field(Str(choices=("CircuitSpec",)), required=True),
-    "metadata": Field(Obj({
-        "name": Field(Str(), required=True),
-        "description": Field(Str()),
-        "authors": Field(ListOf(Str())),
-        "tags": Field(ListOf(Str())),
-    }), required=True),
-    "model": Field(Str(pattern=r"\S.*", pattern_doc="a model reference: builtin:NAME, a path, hf:NAME ...",
-                       doc="a model reference: builtin:NAME, a path (relative to the spec's directory, then to "
-                           "the working directory), hf:NAME ..."), required=True),
-    "data": Field(DATA, doc="the data of the clean run (default: repeated)"),
-    "reference_data": Field(DATA, doc="data for mean and resample ablations (default: data with seed + 1)"),
-    "circuit": Field(Obj({
-        "nodes": Field(MapOf(AnyOf((Str(doc="the role"), Obj({
-            "role": Field(Str(), doc="what the node does, e.g. previous_token, induction"),
+
+def _expect_field(kind: Any) -> Field:
+    """The `expect` key of a check kind: a plain expectation, or a mapping with one of its expect_keys."""
+    if not kind.expect_keys:
+        return Field(ExpectT(), required=True, doc=kind.expect_doc)
+    keyed = Obj({k: Field(ExpectT()) for k in kind.expect_keys},
+                doc=f"exactly one of {', '.join(kind.expect_keys)}")
+    return Field(AnyOf((ExpectT(), keyed)), required=True, doc=kind.expect_doc)
+
+
+def check_kinds(manager: Any = None) -> dict[str, Any]:
+    """The registered check kinds, by name."""
+    from circuitry.plugins import get_manager
+
+    return dict((manager or get_manager()).check_kinds())
+
+
+def spec_schema(manager: Any = None) -> Obj:
+    """The schema of a v1 spec, with one check variant per registered check kind."""
+    kinds = check_kinds(manager)
+    checks = Tagged("kind", {name: Obj({**k.fields, "expect": _expect_field(k)}, doc=k.description)
+                             for name, k in kinds.items()},
+                    common=COMMON, doc="one claim", lookup=_lookup("circuitry_check_kinds", "check kind"))
+    return Obj({
+        "apiVersion": Field(Str(choices=(API_VERSION,)), required=True, doc="the spec format version"),
+        "kind": Field(Str(choices=("CircuitSpec",)), required=True),
+        "metadata": Field(Obj({
+            "name": Field(Str(), required=True),
             "description": Field(Str()),
-        }))), key=NODE), required=True),
-        "edges": Field(ListOf(EDGE)),
-    }), required=True),
-    "checks": Field(ListOf(CHECKS, min_items=1), required=True),
-}, doc="a circuit hypothesis and the claims that test it")
+            "authors": Field(ListOf(Str())),
+            "tags": Field(ListOf(Str())),
+        }), required=True),
+        "model": Field(Str(pattern=r"\S.*", pattern_doc="a model reference: builtin:NAME, a path, hf:NAME ...",
+                           doc="a model reference: builtin:NAME, a path, hf:PATH or tl:PATH (paths relative to "
+                               "the spec's directory, then to the working directory), hf:NAME ..."),
+                       required=True),
+        "data": Field(DATA, doc="the data of the clean run (default: repeated)"),
+        "reference_data": Field(DATA, doc="data for mean and resample ablations (default: data with seed + 1)"),
+        "circuit": Field(Obj({
+            "nodes": Field(MapOf(AnyOf((Str(doc="the role"), Obj({
+                "role": Field(Str(), doc="what the node does, e.g. previous_token, induction"),
+                "description": Field(Str()),
+            }))), key=NODE), required=True),
+            "edges": Field(ListOf(EDGE)),
+        }), required=True),
+        "checks": Field(ListOf(checks, min_items=1), required=True),
+    }, doc="a circuit hypothesis and the claims that test it")
 
 
 def json_schema(plugins: bool = False) -> dict:
-    """The JSON Schema of specs, generated from SPEC_SCHEMA.
+    """The JSON Schema of specs, generated from `spec_schema()`.
 
     Names of detectors, metrics, interventions and datasets are open strings
     (plugins add names); `plugins=True` enumerates those installed now.
     """
-    out = to_json_schema(SPEC_SCHEMA, plugins=plugins)
+    out = to_json_schema(spec_schema(), plugins=plugins)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "circuitry/v1/CircuitSpec",
             "title": "circuitry circuit spec", **out}
 
@@ -177,7 +173,10 @@ def json_schema(plugins: bool = False) -> dict:
 # ------------------------------------------------------------------ typed form
 @dataclass(frozen=True)
 class Check:
-    """One claim; `options` holds the kind-specific keys as written (validated)."""
+    """One claim; `options` holds the kind-specific keys as written (validated).
+
+    expect_key: what a plain expectation compares (the kind's first expect key, or "value").
+    """
 
     id: str
     kind: str
@@ -185,6 +184,7 @@ class Check:
     options: dict
     path: tuple  # key path in the document, for error marks
     description: str = ""
+    expect_key: str = "value"
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,7 @@ class CircuitSpec:
     checks: tuple[Check, ...]
     document: Document = field(compare=False, repr=False)
     description: str = ""
+    warnings: tuple[str, ...] = ()  # footguns found when the spec loaded (file:line:col: message)
 
     @property
     def file(self) -> str:
@@ -211,93 +212,187 @@ def as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _semantics(doc: Document) -> CircuitSpec:
-    """Checks the schema cannot express: references between parts of the spec."""
+class _Problems:
+    """The problems found so far, and which parts of the document they concern."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = list(errors)
+
+    def add(self, error: SpecError) -> None:
+        self.errors.append(error)
+
+    def clean(self, path: tuple) -> bool:
+        """Whether no problem lies at, above or below `path` (so its value can be read as valid)."""
+        n = len(path)
+        return not any(e.path[:n] == path or path[: len(e.path)] == e.path for e in self.errors)
+
+
+def _semantics(doc: Document, found: _Problems, manager: Any) -> CircuitSpec | None:
+    """Checks the schema cannot express (references between parts of the spec); None when the
+    spec has problems."""
     data = doc.data
-    nodes_raw = data["circuit"]["nodes"]
-    nodes = {k: (v if isinstance(v, str) else v.get("role", "")) for k, v in nodes_raw.items()}
+    if not isinstance(data, dict):
+        return None
+    circuit = data.get("circuit") if isinstance(data.get("circuit"), dict) else {}
+    nodes_raw = circuit.get("nodes") if isinstance(circuit.get("nodes"), dict) else {}
+    nodes = {k: (v if isinstance(v, str) else v.get("role", "") if isinstance(v, dict) else "")
+             for k, v in nodes_raw.items()}
+    edges = _edges(doc, found, circuit, nodes) if found.clean(("circuit", "nodes")) else []
+    checks = _checks(doc, found, data, manager)
+    data_spec, ref = _data(doc, found, data, manager)
+    if found.errors:
+        return None
+    spec = CircuitSpec(data["metadata"]["name"], data["model"], data_spec, ref, nodes, tuple(edges), tuple(checks),
+                       doc, data["metadata"].get("description", ""))
+    return replace(spec, warnings=tuple(_role_warnings(spec, manager)))
+
+
+def _edges(doc: Document, found: _Problems, circuit: dict, nodes: dict) -> list[Edge]:
     edges = []
-    for i, e in enumerate(data["circuit"].get("edges", [])):
-        edge = parse_edge(e)
-        for end, key in ((edge.sender, "from"), (edge.receiver, "to")):
+    for i, e in enumerate(circuit.get("edges", []) if isinstance(circuit.get("edges"), list) else []):
+        path = ("circuit", "edges", i)
+        if not found.clean(path):
+            continue
+        edge = parse_edge(e)  # valid: the schema checked it
+        for end in (edge.sender, edge.receiver):
             if end not in nodes and end not in ("embed", "pos_embed", "logits"):
-                raise doc.error(("circuit", "edges", i), f"edge {edge} names {end!r}, which is not a node of the "
-                                f"circuit{_suggest(end, nodes)}; declared nodes: {', '.join(nodes)}")
-        if (edge.kind == "direct") != (edge.receiver == "logits"):
-            raise doc.error(("circuit", "edges", i), f"edge {edge}: a direct edge goes into logits, and an edge "
-                            "into logits is direct")
+                found.add(doc.error(path, f"edge {edge} names {end!r}, which is not a node of the circuit"
+                                          f"{did_you_mean(end, nodes)}; declared nodes: {', '.join(nodes)}"))
         edges.append(edge)
+    return edges
+
+
+def _checks(doc: Document, found: _Problems, data: dict, manager: Any) -> list[Check]:
+    kinds = check_kinds(manager)
     ids: dict[str, int] = {}
     checks = []
-    for i, c in enumerate(data["checks"]):
+    for i, c in enumerate(data.get("checks") if isinstance(data.get("checks"), list) else []):
+        path = ("checks", i)
+        if not found.clean(path):
+            continue
         if c["id"] in ids:
-            raise doc.error(("checks", i, "id"), f"duplicate check id {c['id']!r} (also checks[{ids[c['id']]}])")
+            found.add(doc.error((*path, "id"), f"duplicate check id {c['id']!r} (also checks[{ids[c['id']]}])"))
+            continue
         ids[c["id"]] = i
-        opts = {k: v for k, v in c.items() if k not in ("id", "kind", "expect", "description")}
+        kind = kinds[c["kind"]]
         expect = c["expect"]
         if isinstance(expect, dict) and len(expect) != 1:
-            raise doc.error(("checks", i, "expect"), f"give exactly one of {', '.join(_expect_keys(c['kind']))}")
-        if c["kind"] == "detector" and "nodes" in opts and "role" in opts:
-            raise doc.error(("checks", i, "role"), "give nodes or role, not both", at_key=True)
-        checks.append(Check(c["id"], c["kind"], expect, opts, ("checks", i), c.get("description", "")))
-    data_spec = dict(data.get("data", {"name": "repeated"}))
+            found.add(doc.error((*path, "expect"), f"give exactly one of {', '.join(kind.expect_keys)}"))
+            continue
+        opts = {k: v for k, v in c.items() if k not in ("id", "kind", "expect", "description")}
+        checks.append(Check(c["id"], c["kind"], expect, opts, path, c.get("description", ""),
+                            kind.expect_keys[0] if kind.expect_keys else "value"))
+    return checks
+
+
+def _data(doc: Document, found: _Problems, data: dict, manager: Any) -> tuple[dict, dict]:
+    """(data, reference data) with defaults filled in and parameters checked."""
+    raw = data.get("data", {"name": "repeated"})
+    if not found.clean(("data",)) or not isinstance(raw, dict):
+        return {}, {}
+    data_spec = dict(raw)
     data_spec.setdefault("name", "text" if "text" in data_spec else "repeated")
-    _check_data_params(doc, "data", data_spec)
+    _check_data_params(doc, found, "data", data_spec, manager)
     ref_raw = data.get("reference_data", {})
+    if not found.clean(("reference_data",)) or not isinstance(ref_raw, dict):
+        return data_spec, {}
     # the reference data is the data with the keys reference_data changes (unless it names another dataset)
-    ref = dict(ref_raw) if ref_raw.get("name", data_spec["name"]) != data_spec["name"] else {**data_spec, **ref_raw}
-    _check_data_params(doc, "reference_data" if "reference_data" in data else "data", ref)
-    if "reference_data" not in data and "seed" in _dataset_params(data_spec["name"]):
-        ref["seed"] = int(data_spec.get("seed", _dataset_params(data_spec["name"])["seed"])) + 1
-    return CircuitSpec(data["metadata"]["name"], data["model"], data_spec, ref, nodes, tuple(edges), tuple(checks),
-                       doc, data["metadata"].get("description", ""))
+    same = ref_raw.get("name", data_spec["name"]) == data_spec["name"]
+    ref = {**data_spec, **ref_raw} if same else dict(ref_raw)
+    ref.setdefault("name", data_spec["name"])
+    _check_data_params(doc, found, "reference_data" if "reference_data" in data else "data", ref, manager)
+    params = _dataset_params(data_spec["name"], manager)
+    if "reference_data" not in data and params is not None and "seed" in params:
+        seed = data_spec.get("seed", params["seed"])
+        if isinstance(seed, int) and seed < SEED_LIMITS[1]:
+            ref["seed"] = seed + 1
+    return data_spec, ref
 
 
-def _dataset_params(name: str) -> dict:
-    """The parameters (name -> default) of the dataset plugin `name` (the schema checked the name)."""
+def _dataset_params(name: str, manager: Any) -> dict | None:
+    """The parameters (name -> default) of the dataset plugin `name`, None when it is not available."""
     from circuitry.plugins import get_manager
 
-    return dict(get_manager().datasets()[name].params)
+    datasets = (manager or get_manager()).datasets()
+    return dict(datasets[name].params) if name in datasets else None
 
 
-def _check_data_params(doc: Document, key: str, params: dict) -> None:
-    """Every parameter must be one the dataset plugin takes, of the type of its default."""
-    from circuitry.errors import did_you_mean
+def _check_data_params(doc: Document, found: _Problems, key: str, params: dict, manager: Any) -> None:
+    """Every parameter must be one the dataset plugin takes, of the type of its default, within its limits;
+    paths are read relative to the spec's directory when a file of that name is there."""
+    from circuitry.plugins import get_manager
 
+    datasets = (manager or get_manager()).datasets()
     name = params["name"]
-    defaults = _dataset_params(name)
-    for k, v in params.items():
+    if name not in datasets:
+        return  # reported by the schema
+    ds = datasets[name]
+    for k, v in list(params.items()):
         if k == "name":
             continue
-        if k not in defaults:
-            valid = ", ".join(defaults) or "(none)"
-            raise doc.error((key, k), f"dataset {name!r} has no parameter {k!r}{did_you_mean(k, defaults)}; "
-                                      f"valid: {valid}", at_key=True)
-        default = defaults[k]
-        if isinstance(default, bool):
-            ok, what = isinstance(v, bool), "true or false"
-        elif isinstance(default, int):
-            ok, what = isinstance(v, int) and not isinstance(v, bool), "an integer"
-        elif isinstance(default, float):
-            ok, what = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
-        elif isinstance(default, str):
-            ok, what = isinstance(v, str), "a string"
-        else:
-            ok, what = True, ""
-        if not ok:
-            raise doc.error((key, k), f"parameter {k!r} of dataset {name!r} must be {what} "
-                                      f"(default {default!r}), got {_type_name(v)} {v!r}")
+        message = data_param_problem(ds, k, v)
+        if message:
+            found.add(doc.error((key, k), message, at_key=k not in ds.params))
+        elif k in ds.paths and isinstance(v, str) and v:
+            params[k] = relative_to(doc.file, v)
 
 
-def _expect_keys(kind: str) -> list[str]:
-    return {"intervention": ["change", "relative_change", "value"],
-            "composition": ["score", "ratio_to_baseline"]}.get(kind, ["a plain expectation"])
+def data_param_problem(ds: Any, key: str, value: Any) -> str | None:
+    """Why `value` is not a valid parameter `key` of dataset record `ds`, or None."""
+    name, defaults = ds.name, ds.params
+    if key not in defaults:
+        valid = ", ".join(defaults) or "(none)"
+        return f"dataset {name!r} has no parameter {key!r}{did_you_mean(key, defaults)}; valid: {valid}"
+    default = defaults[key]
+    if isinstance(default, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, what = isinstance(value, str), "a string"
+    else:
+        ok, what = True, ""
+    if not ok:
+        return (f"parameter {key!r} of dataset {name!r} must be {what} (default {default!r}), "
+                f"got {_type_name(value)} {_show(value)}")
+    lo, hi = SEED_LIMITS if key == "seed" else ds.limits.get(key, (None, None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                      else f">= {lo}" if lo is not None else f"<= {hi}")
+            return f"parameter {key!r} of dataset {name!r} must be {bounds}, got {_show(value)}"
+    return None
 
 
-def _suggest(name: str, choices) -> str:
-    from circuitry.errors import did_you_mean
+def relative_to(spec_file: str, value: str) -> str:
+    """A relative path named in a spec: the file beside the spec when there is one, else as written."""
+    from pathlib import Path
 
-    return did_you_mean(name, choices)
+    if spec_file.startswith("<") or Path(value).is_absolute():
+        return value
+    beside = Path(spec_file).parent / value
+    try:
+        return str(beside) if beside.exists() else value
+    except OSError:  # a name the file system cannot hold
+        return value
+
+
+def _role_warnings(spec: CircuitSpec, manager: Any) -> list[str]:
+    """Roles that name no detector and that no check uses (a misspelt role, most likely)."""
+    from circuitry.plugins import get_manager
+
+    detectors = (manager or get_manager()).detectors()
+    used = {c.options.get("role") for c in spec.checks} | {c.options.get("detector") for c in spec.checks
+                                                           if "nodes" not in c.options and "role" not in c.options}
+    out = []
+    for node, role in spec.nodes.items():
+        if role and role not in detectors and role not in used:
+            mark = spec.document.key_mark(("circuit", "nodes", node))
+            out.append(f"{mark}: circuit.nodes.{node}: role {role!r} names no detector"
+                       f"{did_you_mean(role, detectors)} and no check uses it")
+    return list(dict.fromkeys(out))
 
 
 def expectation_of(check: Check) -> tuple[str, Expectation]:
@@ -306,12 +401,14 @@ def expectation_of(check: Check) -> tuple[str, Expectation]:
     if isinstance(e, dict):
         (key, raw), = e.items()
         return key, parse_expectation(raw)
-    default = {"intervention": "change", "composition": "score"}.get(check.kind, "value")
-    return default, parse_expectation(e)
+    return check.expect_key, parse_expectation(e)
 
 
-def load_spec(path: str | Path | None = None, text: str | None = None) -> CircuitSpec:
-    """Load and validate a spec file (or text); SpecError with file:line:col on problems."""
+def load_spec(path: str | Path | None = None, text: str | None = None, manager: Any = None) -> CircuitSpec:
+    """Load and validate a spec file (or text); every problem is raised at once, with file:line:col."""
     doc = load_document(text, "<string>") if text is not None else load_file(path)  # type: ignore[arg-type]
-    validate(doc, SPEC_SCHEMA)
-    return _semantics(doc)
+    found = _Problems(problems(doc, spec_schema(manager)))
+    spec = _semantics(doc, found, manager)
+    raise_all(found.errors)
+    assert spec is not None
+    return spec

@@ -2,7 +2,9 @@
 
 Only YAML's standard scalar types are built (strings, numbers, booleans,
 null); any other tag (`!!python/object`, custom tags) is an error, so a spec
-can never make circuitry import or run code. Duplicate keys are errors.
+can never make circuitry import or run code. Duplicate keys are errors, and
+so are documents too large, too deeply nested, or with aliases that refer to
+themselves. `SpecErrors` carries every problem of a spec, in line order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from circuitry.errors import UsageError
 
 Path_ = tuple  # a key path: ("checks", 2, "expect")
 MAX_NODES = 100_000
+MAX_DEPTH = 64  # nesting of lists and mappings
 _SAFE_TAGS = {
     "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
     "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
@@ -41,6 +44,33 @@ class SpecError(UsageError):
         where = f"{mark}: " if mark else ""
         key = f"{format_path(path)}: " if path else ""
         super().__init__(f"{where}{key}{message}")
+
+
+class SpecErrors(SpecError):
+    """Every problem found in one or more specs, one `SpecError` per line, in file and line order
+    (its mark and path are the first one's)."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = sort_errors(errors)
+        first = self.errors[0]
+        self.mark, self.path, self.message = first.mark, first.path, first.message
+        UsageError.__init__(self, "\n".join(str(e) for e in self.errors))
+
+
+def sort_errors(errors: list[SpecError]) -> list[SpecError]:
+    """Unique errors ordered by file, line and column (errors without a mark first)."""
+    seen: dict[str, SpecError] = {}
+    for e in errors:
+        seen.setdefault(str(e), e)
+    return sorted(seen.values(), key=lambda e: (e.mark.file, e.mark.line, e.mark.col) if e.mark else ("", 0, 0))
+
+
+def raise_all(errors: list[SpecError]) -> None:
+    """Raise the one error, or all of them together; nothing when the list is empty."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise SpecErrors(errors)
 
 
 def format_path(path: Path_) -> str:
@@ -90,22 +120,23 @@ class _Builder:
         self.count = 0
         self.constructor = yaml.SafeLoader("")
 
-    def build(self, node: yaml.Node, path: Path_) -> Any:
+    def build(self, node: yaml.Node, path: Path_, open_nodes: tuple = ()) -> Any:
         self.count += 1
+        mark = _mark(self.file, node.start_mark)
         if self.count > MAX_NODES:
-            raise SpecError(_mark(self.file, node.start_mark), path, f"document too large (over {MAX_NODES} values)")
-        self.marks[path] = _mark(self.file, node.start_mark)
+            raise SpecError(mark, path, f"document too large (over {MAX_NODES} values)")
+        if len(open_nodes) >= MAX_DEPTH:
+            raise SpecError(mark, path, f"nesting too deep (over {MAX_DEPTH} levels of lists and mappings)")
+        if any(node is n for n in open_nodes):
+            raise SpecError(mark, path, "this alias refers to a value that contains it (a recursive alias)")
+        self.marks[path] = mark
         if isinstance(node, yaml.ScalarNode):
-            if node.tag == "tag:yaml.org,2002:timestamp" and node.style is None:
-                return node.value  # an unquoted date (2024-01-01) stays the text it is
-            if node.tag not in _SAFE_TAGS:
-                raise SpecError(self.marks[path], path, f"unsupported YAML tag {_tag(node.tag)!r}: specs hold "
-                                "plain values only (strings, numbers, booleans, lists, mappings)")
-            return self.constructor.construct_object(node, deep=True)
+            return self._scalar(node, path)
+        open_nodes = (*open_nodes, node)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
                 raise SpecError(self.marks[path], path, f"unsupported YAML tag {_tag(node.tag)!r}")
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return [self.build(item, (*path, i), open_nodes) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
                 raise SpecError(self.marks[path], path, f"unsupported YAML tag {_tag(node.tag)!r}")
@@ -114,7 +145,7 @@ class _Builder:
                 kmark = _mark(self.file, key_node.start_mark)
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SAFE_TAGS:
                     raise SpecError(kmark, path, "mapping keys must be plain strings")
-                key = self.constructor.construct_object(key_node)
+                key = self._scalar(key_node, path)
                 if key == "<<":
                     raise SpecError(kmark, path, "YAML merge keys ('<<') are not supported in specs")
                 key = str(key) if not isinstance(key, str) else key
@@ -122,9 +153,22 @@ class _Builder:
                     first = self.key_marks[(*path, key)]
                     raise SpecError(kmark, (*path, key), f"duplicate key {key!r} (first defined at line {first.line})")
                 self.key_marks[(*path, key)] = kmark
-                out[key] = self.build(value_node, (*path, key))
+                out[key] = self.build(value_node, (*path, key), open_nodes)
             return out
         raise SpecError(self.marks[path], path, "unsupported YAML node")  # pragma: no cover
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
+        mark = _mark(self.file, node.start_mark)
+        if node.tag == "tag:yaml.org,2002:timestamp" and node.style is None:
+            return node.value  # an unquoted date (2024-01-01) stays the text it is
+        if node.tag not in _SAFE_TAGS:
+            raise SpecError(mark, path, f"unsupported YAML tag {_tag(node.tag)!r}: specs hold plain values only "
+                                        "(strings, numbers, booleans, lists, mappings)")
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except Exception:  # noqa: BLE001 - PyYAML raises ValueError, KeyError ... for text that does not fit its tag
+            text = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            raise SpecError(mark, path, f"{text!r} cannot be read as {_tag(node.tag)}") from None
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[object, str]:
@@ -160,6 +204,9 @@ def load_document(text: str, file: str = "<string>") -> Document:
     """Parse YAML text into a `Document`; errors carry file:line:col."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError(Mark(file, 1, 1), (), f"invalid YAML: nesting too deep (a spec nests at most "
+                                              f"{MAX_DEPTH} levels of lists and mappings)") from None
     except yaml.MarkedYAMLError as exc:
         mark, problem = _yaml_problem(exc)
         raise SpecError(_mark(file, mark) if mark else None, (), f"invalid YAML: {problem}") from None
@@ -184,12 +231,18 @@ def load_document(text: str, file: str = "<string>") -> Document:
 
 def load_file(path: str | Path) -> Document:
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # a name too long for the file system, ...
+        raise SpecError(None, (), f"cannot read spec file {str(path)[:80]}: {exc.strerror or exc}") from None
+    if not exists:
         raise SpecError(None, (), f"no such spec file: {path}")
-    if path.is_dir():
+    if is_dir:
         raise SpecError(None, (), f"{path} is a directory, not a spec file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpecError(Mark(str(path), 1, 1), (), "the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise SpecError(None, (), f"cannot read spec file {path}: {exc.strerror or exc}") from None
     return load_document(text, str(path))

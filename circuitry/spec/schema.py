@@ -2,9 +2,10 @@
 
 Types: `Str`, `Int`, `Num`, `Bool`, `ExpectT` (an expectation), `Obj` (named
 fields, unknown keys rejected with a suggestion), `ListOf`, `MapOf`, `AnyOf`
-and `Tagged` (a mapping whose `kind` picks the variant). `validate(doc,
-schema)` reports the first problem with its file:line:col; `to_json_schema`
-writes the same rules as JSON Schema (draft 2020-12) for editors.
+and `Tagged` (a mapping whose `kind` picks the variant). `problems(doc,
+schema)` lists every problem with its file:line:col (`validate` raises them
+all together); `to_json_schema` writes the same rules as JSON Schema (draft
+2020-12) for editors.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from circuitry.errors import did_you_mean
+from circuitry.errors import UsageError, did_you_mean
 from circuitry.spec.expect import PATTERN as EXPECT_PATTERN
 from circuitry.spec.expect import SYNTAX, ExpectationError, parse_expectation
-from circuitry.spec.loader import Document, Path_
+from circuitry.spec.loader import Document, Path_, SpecError, raise_all
 
 Choices = Callable[[], list[str]]  # names known only at run time (plugins)
 
@@ -29,12 +30,14 @@ class Str:
     pattern: str | None = None
     pattern_doc: str = ""
     what: str = "value"  # in messages: "unknown detector 'x'"
+    check: Callable[[str], Any] | None = None  # raises UsageError with the message for a bad value
 
 
 @dataclass(frozen=True)
 class Int:
     doc: str = ""
     minimum: int | None = None
+    maximum: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Tagged:
     variants: Mapping[str, Obj]
     doc: str = ""
     common: Mapping[str, Field] = field(default_factory=dict)
+    lookup: Callable[[str], Any] | None = None  # raises UsageError explaining a tag that is not a variant
 
 
 def _type_name(value: Any) -> str:
@@ -129,99 +133,134 @@ def _describe(schema: Any, value: Any = None) -> str:
             Obj: "a mapping", ListOf: "a list", MapOf: "a mapping", Tagged: "a mapping"}.get(type(schema), "a value")
 
 
-def _check_str(doc: Document, path: Path_, value: Any, schema: Str, at_key: bool = False) -> None:
+def _check_str(doc: Document, path: Path_, value: Any, schema: Str, at_key: bool = False) -> list[SpecError]:
     import re
 
     if not isinstance(value, str):
-        raise doc.error(path, f"expected {_describe(schema)}, got {_type_name(value)} {value!r}", at_key=at_key)
-    choices = list(schema.choices or ()) or (schema.dynamic() if schema.dynamic else [])
-    if (schema.choices or schema.dynamic) and value not in choices:
-        raise doc.error(path, f"unknown {schema.what} {value!r}{did_you_mean(value, choices)}; "
-                              f"valid: {', '.join(choices) or '(none registered)'}", at_key=at_key)
+        return [doc.error(path, f"expected {_describe(schema)}, got {_type_name(value)} {_show(value)}",
+                          at_key=at_key)]
+    if schema.check is not None:
+        try:
+            schema.check(value)
+        except UsageError as exc:
+            return [doc.error(path, str(exc), at_key=at_key)]
+    elif schema.choices or schema.dynamic:
+        choices = list(schema.choices or ()) or (schema.dynamic() if schema.dynamic else [])
+        if value not in choices:
+            return [doc.error(path, f"unknown {schema.what} {value!r}{did_you_mean(value, choices)}; "
+                                    f"valid: {', '.join(choices) or '(none registered)'}", at_key=at_key)]
     if schema.pattern and not re.fullmatch(schema.pattern, value):
-        raise doc.error(path, f"expected {schema.pattern_doc or 'a string matching ' + schema.pattern}, "
-                              f"got {value!r}", at_key=at_key)
+        return [doc.error(path, f"expected {schema.pattern_doc or 'a string matching ' + schema.pattern}, "
+                                f"got {value!r}", at_key=at_key)]
+    return []
 
 
-def validate(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) -> None:
-    """Raise SpecError at the first value that does not fit `schema`."""
+def _show(value: Any) -> str:
+    """repr(value), shortened to one readable fragment."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def problems(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) -> list[SpecError]:
+    """Every place where the value at `path` (the whole document by default) does not fit `schema`."""
     if not path and value is None:
         value = doc.data
     if isinstance(schema, Str):
-        _check_str(doc, path, value, schema)
-    elif isinstance(schema, Int):
+        return _check_str(doc, path, value, schema)
+    if isinstance(schema, Int):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise doc.error(path, f"expected an integer, got {_type_name(value)} {value!r}")
+            return [doc.error(path, f"expected an integer, got {_type_name(value)} {_show(value)}")]
         if schema.minimum is not None and value < schema.minimum:
-            raise doc.error(path, f"expected an integer >= {schema.minimum}, got {value}")
-    elif isinstance(schema, Num):
+            return [doc.error(path, f"expected an integer >= {schema.minimum}, got {value}")]
+        if schema.maximum is not None and value > schema.maximum:
+            return [doc.error(path, f"expected an integer <= {schema.maximum}, got {_show(value)}")]
+        return []
+    if isinstance(schema, Num):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise doc.error(path, f"expected a number, got {_type_name(value)} {value!r}")
-    elif isinstance(schema, Bool):
+            return [doc.error(path, f"expected a number, got {_type_name(value)} {_show(value)}")]
+        return []
+    if isinstance(schema, Bool):
         if not isinstance(value, bool):
-            raise doc.error(path, f"expected true or false, got {_type_name(value)} {value!r}")
-    elif isinstance(schema, ExpectT):
+            return [doc.error(path, f"expected true or false, got {_type_name(value)} {_show(value)}")]
+        return []
+    if isinstance(schema, ExpectT):
         try:
             parse_expectation(value)
         except ExpectationError as exc:
-            raise doc.error(path, str(exc)) from None
-    elif isinstance(schema, Obj):
-        _validate_obj(doc, path, value, schema.fields, schema.extra)
-    elif isinstance(schema, Tagged):
-        if not isinstance(value, dict):
-            raise doc.error(path, f"expected a mapping, got {_type_name(value)} {value!r}")
-        if schema.key not in value:
-            raise doc.error(path, f"missing required key {schema.key!r} (one of: {', '.join(schema.variants)})")
-        tag = value[schema.key]
-        if not isinstance(tag, str) or tag not in schema.variants:
-            raise doc.error((*path, schema.key), f"unknown {schema.key} {tag!r}"
-                            f"{did_you_mean(str(tag), schema.variants)}; valid: {', '.join(schema.variants)}")
-        variant = schema.variants[tag]
-        fields = {**schema.common, schema.key: Field(Str(), required=True), **variant.fields}
-        _validate_obj(doc, path, value, fields, variant.extra)
-    elif isinstance(schema, ListOf):
+            return [doc.error(path, str(exc))]
+        return []
+    if isinstance(schema, Obj):
+        return _obj_problems(doc, path, value, schema.fields, schema.extra)
+    if isinstance(schema, Tagged):
+        return _tagged_problems(doc, path, value, schema)
+    if isinstance(schema, ListOf):
         if not isinstance(value, list):
-            raise doc.error(path, f"expected a list, got {_type_name(value)} {value!r}")
+            return [doc.error(path, f"expected a list, got {_type_name(value)} {_show(value)}")]
         if len(value) < schema.min_items:
-            raise doc.error(path, f"expected at least {schema.min_items} item(s)")
-        for i, item in enumerate(value):
-            validate(doc, schema.item, item, (*path, i))
-    elif isinstance(schema, MapOf):
+            return [doc.error(path, f"expected at least {schema.min_items} item(s)")]
+        return [e for i, item in enumerate(value) for e in problems(doc, schema.item, item, (*path, i))]
+    if isinstance(schema, MapOf):
         if not isinstance(value, dict):
-            raise doc.error(path, f"expected a mapping, got {_type_name(value)} {value!r}")
+            return [doc.error(path, f"expected a mapping, got {_type_name(value)} {_show(value)}")]
+        out = []
         for k, v in value.items():
             if schema.key is not None:
-                _check_str(doc, (*path, k), k, schema.key, at_key=True)
-            validate(doc, schema.value, v, (*path, k))
-    elif isinstance(schema, AnyOf):
-        errors = []
-        for option in schema.options:
-            try:
-                validate(doc, option, value, path)
-                return
-            except Exception as exc:  # noqa: BLE001 - collect, report the most specific
-                errors.append(exc)
-        # report the error of the one option made for this type of value (the most specific)
-        fitting = [exc for option, exc in zip(schema.options, errors) if _accepts_type(option, value)]
+                out += _check_str(doc, (*path, k), k, schema.key, at_key=True)
+            out += problems(doc, schema.value, v, (*path, k))
+        return out
+    if isinstance(schema, AnyOf):
+        found = [problems(doc, option, value, path) for option in schema.options]
+        if any(not errors for errors in found):
+            return []
+        # report the errors of the one option made for this type of value (the most specific)
+        fitting = [errors for option, errors in zip(schema.options, found) if _accepts_type(option, value)]
         if len(fitting) == 1:
-            raise fitting[0]
-        raise doc.error(path, f"expected {_describe(schema, value)}, got {_type_name(value)} {value!r}")
-    else:  # pragma: no cover
-        raise TypeError(f"unknown schema type {schema!r}")
+            return fitting[0]
+        return [doc.error(path, f"expected {_describe(schema, value)}, got {_type_name(value)} {_show(value)}")]
+    raise TypeError(f"unknown schema type {schema!r}")  # pragma: no cover
 
 
-def _validate_obj(doc: Document, path: Path_, value: Any, fields: Mapping[str, Field], extra: Any) -> None:
+def validate(doc: Document, schema: Any, value: Any = None, path: Path_ = ()) -> None:
+    """Raise every problem at once (a SpecError, or SpecErrors for several)."""
+    raise_all(problems(doc, schema, value, path))
+
+
+def _tagged_problems(doc: Document, path: Path_, value: Any, schema: Tagged) -> list[SpecError]:
     if not isinstance(value, dict):
-        raise doc.error(path, f"expected a mapping, got {_type_name(value)} {value!r}")
+        return [doc.error(path, f"expected a mapping, got {_type_name(value)} {_show(value)}")]
+    if schema.key not in value:
+        return [doc.error(path, f"missing required key {schema.key!r} (one of: {', '.join(schema.variants)})")]
+    tag = value[schema.key]
+    if isinstance(tag, str) and tag not in schema.variants and schema.lookup is not None:
+        try:
+            schema.lookup(tag)
+        except UsageError as exc:
+            return [doc.error((*path, schema.key), str(exc))]
+    if not isinstance(tag, str) or tag not in schema.variants:
+        return [doc.error((*path, schema.key), f"unknown {schema.key} {_show(tag)}"
+                          f"{did_you_mean(str(tag), schema.variants)}; valid: {', '.join(schema.variants)}")]
+    variant = schema.variants[tag]
+    fields = {**schema.common, schema.key: Field(Str(), required=True), **variant.fields}
+    return _obj_problems(doc, path, value, fields, variant.extra)
+
+
+def _obj_problems(doc: Document, path: Path_, value: Any, fields: Mapping[str, Field], extra: Any) -> list[SpecError]:
+    if not isinstance(value, dict):
+        return [doc.error(path, f"expected a mapping, got {_type_name(value)} {_show(value)}")]
+    out, meant = [], set()
     for key in value:
         if key not in fields and extra is None:
-            raise doc.error((*path, key), f"unknown key {key!r}{did_you_mean(key, fields)}; "
-                            f"valid keys: {', '.join(fields)}", at_key=True)
+            suggestion = did_you_mean(str(key), fields)
+            meant.update(k for k in fields if suggestion == did_you_mean(k, [k]))
+            out.append(doc.error((*path, key), f"unknown key {key!r}{suggestion}; "
+                                 f"valid keys: {', '.join(fields)}", at_key=True))
     for key, f in fields.items():
-        if f.required and key not in value:
-            raise doc.error(path, f"missing required key {key!r} ({f.doc or _describe(f.type)})")
+        if f.required and key not in value and key not in meant:  # a misspelt key is reported once
+            out.append(doc.error(path, f"missing required key {key!r} ({f.doc or _describe(f.type)})"))
     for key, v in value.items():
-        validate(doc, fields[key].type if key in fields else extra, v, (*path, key))
+        if key in fields or extra is not None:
+            out += problems(doc, fields[key].type if key in fields else extra, v, (*path, key))
+    return out
 
 
 # ------------------------------------------------------------------ JSON Schema
@@ -243,6 +282,8 @@ def to_json_schema(schema: Any, doc: str = "", plugins: bool = False) -> dict:
         out = {"type": "integer"}
         if schema.minimum is not None:
             out["minimum"] = schema.minimum
+        if schema.maximum is not None:
+            out["maximum"] = schema.maximum
     elif isinstance(schema, Num):
         out = {"type": "number"}
     elif isinstance(schema, Bool):

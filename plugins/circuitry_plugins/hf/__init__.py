@@ -32,4 +32,5 @@ def circuitry_datasets():
     return [Dataset("text", "prompts tokenized with the model's tokenizer: text=... (a list in specs) or "
                             "path=FILE (one per line); repeat=N tiles each prompt; seed>0 shuffles the prompts",
                     text_batch, {"text": None, "path": "", "separator": "", "prepend_bos": True,
-                                 "repeat": 1, "truncate": False, "seed": 0})]
+                                 "repeat": 1, "truncate": False, "seed": 0},
+                    limits={"repeat": (1, None)}, paths=("path",))]

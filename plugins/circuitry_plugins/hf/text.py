@@ -90,4 +90,21 @@ def text_batch(model, *, text: Any = None, path: str = "", separator: str = "", 
     period = (len(rows[0]) - (bos is not None)) // repeat if repeat > 1 and len(lengths) == 1 else None
     return TokenBatch(tokens, pred, fresh_from_tokens(tokens), period,
                       f"text ({len(rows)} prompt{'s' if len(rows) > 1 else ''} x {tokens.shape[1]} tokens"
-                      f"{f', repeated {repeat}x' if repeat > 1 else ''})")
+                      f"{f', repeated {repeat}x' if repeat > 1 else ''})", _special_warnings(tok, tokens, bos))
+
+
+MOSTLY = 0.5  # above this share of unknown or BOS tokens in the text, the data is probably not what was meant
+
+
+def _special_warnings(tok, tokens: torch.Tensor, bos: int | None) -> tuple[str, ...]:
+    """A warning when most tokens of the text are the tokenizer's unknown or BOS token."""
+    body = tokens[:, 1:] if bos is not None else tokens  # [batch, pos]: without the prepended BOS
+    special = {t for t in (getattr(tok, "unk_token_id", None), getattr(tok, "bos_token_id", None))
+               if isinstance(t, int)}
+    if body.numel() == 0 or not special:
+        return ()
+    n = int(sum((body == t).sum() for t in special))
+    if n <= MOSTLY * body.numel():
+        return ()
+    return (f"dataset 'text': {n} of {body.numel()} tokens of the text are the tokenizer's unknown or BOS token "
+            f"(is the text in the tokenizer's language and alphabet?)",)
