@@ -18,7 +18,7 @@ import torch
 import circuitry
 from circuitry.data import repeated_tokens
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'circuitry[hf]')")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = Path(circuitry.__file__).parent / "builtin" / "neox-induction"

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", reason="transformers is not installed (pip install 'circuitry[hf]')")
 
 from hf_models import D_VOCAB, build, word_ids  # noqa: E402
 
@@ -64,9 +63,7 @@ def test_uncached_hub_name_fails_fast_without_network(no_network, tmp_path, monk
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError, match=r"^hf:circuitry-tests/not-cached: not in the local Hugging Face "
                                              r"cache and huggingface.co cannot be reached"):
         load_model("hf:circuitry-tests/not-cached")
-    assert time.perf_counter() - start < 5
-    assert len(no_network) == 1  # one probe, no retry loop
+    assert len(no_network) == 1  # one probe, no retry loop (what made it fail fast)

@@ -6,7 +6,6 @@ data) and compared with independent computations.
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -17,15 +16,7 @@ from circuitry.figures import figures_for_heads
 HINT = "pip install 'circuitry[plot]'"
 
 
-@pytest.fixture
-def no_matplotlib(monkeypatch):
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        monkeypatch.setitem(sys.modules, name, None)
-
-
-@pytest.fixture
-def mpl():
-    return pytest.importorskip("matplotlib")
+# fixtures from conftest: `mpl` (matplotlib, or skip) and `no_matplotlib` (import fails)
 
 
 def png_size(path) -> tuple[int, int]:

@@ -6,7 +6,6 @@ independent run of the model on the same tokens.
 
 from __future__ import annotations
 
-import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -22,12 +21,6 @@ MODEL = "builtin:attn-only-2l"
 def show_command(monkeypatch):
     """The command is looked up through COMMANDS (kept here until the CLI registers it)."""
     monkeypatch.setitem(cli.COMMANDS, "show", "circuitry.cli.show")
-
-
-@pytest.fixture
-def no_matplotlib(monkeypatch):
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        monkeypatch.setitem(sys.modules, name, None)
 
 
 def default_tokens() -> torch.Tensor:
@@ -132,8 +125,7 @@ def test_without_matplotlib_png_gives_the_install_hint(tmp_path, capsys, no_matp
     assert "L0H0" in capsys.readouterr().out
 
 
-def test_png_output(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+def test_png_output(tmp_path, capsys, mpl):
     png = tmp_path / "heads.png"
     assert cli.main(["show", MODEL, "--head", "L0H0", "--head", "L1H3", "--out", str(png)]) == 0
     data = png.read_bytes()

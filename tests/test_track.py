@@ -1,19 +1,27 @@
-"""`circuitry track`: checkpoints of a real training run, the phase change, and bad input.
+"""`circuitry track`: checkpoints of a training run, the phase change, and bad input.
 
-A module fixture trains the default recipe for 700 steps with a checkpoint
-every 100 (the phase change of seed 0 comes at steps 500-700); the values are
-checked against plain recomputations (cross-entropy by hand, attention
-patterns read directly).
+The default tests track a tiny run of the default recipe (checkpoints at steps
+0, 2 and 4, long before any induction head) followed by the shipped model,
+which is step 1500 of the same recipe and seed (builtin:attn-only-2l): the
+phase change falls between the last tiny checkpoint and it. The real run
+(1500 steps, a checkpoint every 100; the phase change of seed 0 comes at step
+600) is trained once, for the tests marked slow; its first 700 steps are the
+700-step run (the recipe has no learning-rate schedule). Values are checked
+against plain recomputations (cross-entropy by hand, attention patterns read
+directly).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import circuitry
 import circuitry.cli
 from circuitry.cli import main
 from circuitry.data import periodic_tokens, repeated_tokens
@@ -23,6 +31,8 @@ from circuitry.model.io import load_model_file
 from circuitry.track import CheckpointStats, phase_change, track
 from circuitry.train import TrainRecipe, train
 
+SHIPPED = Path(circuitry.__file__).parent / "builtin" / "attn-only-2l" / "model.safetensors"
+
 
 @pytest.fixture
 def cli(monkeypatch):
@@ -31,15 +41,54 @@ def cli(monkeypatch):
     return main
 
 
+def _ckpt(run: Path, step: int) -> Path:
+    return run / "checkpoints" / f"step-{step:06d}.safetensors"
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """A tiny run of the default recipe (steps 0, 2, 4) with the shipped model as its step 1500."""
     out = tmp_path_factory.mktemp("run")
-    train(TrainRecipe(steps=700, checkpoint_every=100), out=out)
+    train(TrainRecipe(steps=4, checkpoint_every=2), out=out)
+    shutil.copyfile(SHIPPED, _ckpt(out, 1500))  # its metadata says step 1500 as well
     return out
 
 
-def test_phase_change_of_a_short_run(cli, run_dir, capsys):
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """The real run: 1500 steps of the default recipe, a checkpoint every 100 (slow tests only)."""
+    out = tmp_path_factory.mktemp("full-run")
+    train(TrainRecipe(steps=1500, checkpoint_every=100), out=out)
+    return out
+
+
+def test_phase_change_between_a_tiny_run_and_the_shipped_model(cli, run_dir, capsys):
     assert cli(["track", str(run_dir), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["checkpoints"]
+    assert [r["step"] for r in rows] == [0, 2, 4, 1500]
+    pc = doc["phase_change"]
+    assert pc is not None and pc["step"] == 1500 and pc["step_before"] == 4
+    assert pc["induction_before"] < 0.2  # measured 0.104 (step 0)
+    assert pc["induction_before"] == max(r["induction"] for r in rows[:3])
+    assert pc["induction_after"] is None  # no checkpoint after the last one
+    assert rows[-1]["induction"] > 0.5 and pc["induction_jump"] > 0.5  # measured 0.760, +0.658
+    # the ICL score falls with it: about -0.1..-0.2 nats before, -3.6 at step 1500
+    assert all(r["icl_score"] > -1.5 for r in rows[:3]) and rows[-1]["icl_score"] < -2.0
+    assert rows[-1]["loss_repeats"] < 1.5 < rows[0]["loss_repeats"]
+    assert rows[-1]["k_composition"] > 1.5 and rows[-1]["previous_token"] > 0.7
+
+
+def test_no_phase_change_in_the_first_steps(run_dir):
+    res = track([_ckpt(run_dir, s) for s in (0, 2, 4)])
+    assert res.phase_change is None and "never rises by 0.1" in res.reason
+    assert [s.step for s in res.checkpoints] == [0, 2, 4]
+
+
+@pytest.mark.slow
+def test_phase_change_of_a_short_run(cli, full_run, capsys):
+    """Steps 0..700 of the real run (= a 700-step run)."""
+    assert cli(["track", *(str(_ckpt(full_run, s)) for s in range(0, 701, 100)), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = doc["checkpoints"]
     assert [r["step"] for r in rows] == list(range(0, 701, 100))
@@ -57,11 +106,21 @@ def test_phase_change_of_a_short_run(cli, run_dir, capsys):
     assert rows[-1]["k_composition"] > 1.5 and rows[-1]["previous_token"] > 0.7
 
 
-def test_values_match_plain_recomputation(run_dir):
-    res = track([run_dir / "checkpoints" / "step-000700.safetensors"])
+@pytest.mark.slow
+def test_phase_change_of_the_full_run(cli, full_run, capsys):
+    assert cli(["track", str(full_run), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["step"] for r in doc["checkpoints"]] == list(range(0, 1501, 100))
+    pc = doc["phase_change"]
+    assert pc["step"] == 600  # measured: induction 0.143 at 500 -> 0.490 at 600, ICL -0.90 -> -2.40
+    assert pc["induction_before"] < 0.2 and pc["induction_after"] > 0.5  # measured 0.143, 0.555
+
+
+def _check_values_match_plain_recomputation(path: Path, step: int) -> None:
+    res = track([path])
     s = res.checkpoints[0]
-    assert s.step == 700 and res.phase_change is None and "two checkpoints" in res.reason
-    model = load_model_file(run_dir / "checkpoints" / "step-000700.safetensors")
+    assert s.step == step and res.phase_change is None and "two checkpoints" in res.reason
+    model = load_model_file(path)
     b = repeated_tokens(65, 64, batch=64, seq_len=10, n_repeats=2, seed=1).tokens
     icl = torch.cat([periodic_tokens(65, 64, batch=32, n_ctx=64, period=p, seed=7 + p).tokens
                      for p in (12, 16, 20, 24)])
@@ -84,6 +143,15 @@ def test_values_match_plain_recomputation(run_dir):
     assert s.previous_token_head == f"L0H{int(prev.argmax())}"
 
 
+def test_values_match_plain_recomputation(run_dir):
+    _check_values_match_plain_recomputation(_ckpt(run_dir, 1500), 1500)
+
+
+@pytest.mark.slow
+def test_values_match_plain_recomputation_at_step_700(full_run):
+    _check_values_match_plain_recomputation(_ckpt(full_run, 700), 700)
+
+
 def _stats(steps, induction, icl):
     return [CheckpointStats(s, "", 1.0, c, 0.5, "L0H0", i, "L1H0", 1.0, "") for s, i, c in zip(steps, induction, icl)]
 
@@ -104,20 +172,24 @@ def test_phase_change_rule():
     assert pc is None and "never rises by 0.1" in why
 
 
-def test_table_and_plot(cli, run_dir, tmp_path, capsys):
+def test_table_and_plot(cli, run_dir, tmp_path, capsys, mpl):
     png = tmp_path / "track.png"
-    ckpts = run_dir / "checkpoints"
-    assert cli(["track", *(str(ckpts / f"step-{s:06d}.safetensors") for s in (400, 500, 600, 700)),
-                "--plot", str(png)]) == 0
+    assert cli(["track", *(str(_ckpt(run_dir, s)) for s in (2, 4, 1500)), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "phase change at step 1500" in out and "ICL score" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_table_and_plot_of_the_real_run(cli, full_run, tmp_path, capsys, mpl):
+    png = tmp_path / "track.png"
+    assert cli(["track", *(str(_ckpt(full_run, s)) for s in (400, 500, 600, 700)), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "phase change at step 600" in out and "ICL score" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_without_matplotlib(cli, run_dir, tmp_path, capsys, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+def test_plot_without_matplotlib(cli, run_dir, tmp_path, capsys, no_matplotlib):
     assert cli(["track", str(run_dir), "--plot", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "pip install 'circuitry[plot]'" in err and "Traceback" not in err
@@ -155,12 +227,3 @@ def test_bad_input(cli, tmp_path, capsys):
 
 def shape_cfg(**kw):
     return TrainRecipe(**kw).model_config()
-
-
-@pytest.mark.slow
-def test_phase_change_of_the_full_run(cli, tmp_path, capsys):
-    train(TrainRecipe(steps=1500, checkpoint_every=100), out=tmp_path)
-    assert cli(["track", str(tmp_path), "--json"]) == 0
-    pc = json.loads(capsys.readouterr().out)["phase_change"]
-    assert pc["step"] == 600  # measured: induction 0.143 at 500 -> 0.490 at 600, ICL -0.90 -> -2.40
-    assert pc["induction_before"] < 0.2 and pc["induction_after"] > 0.5  # measured 0.143, 0.555
