@@ -287,13 +287,14 @@ def track(paths: Iterable[str | Path], device: str | None = None,
     """Measure every checkpoint (progress(done, total, step) after each) and name the phase change."""
     from circuitry.model.io import load_model_file
     from circuitry.plugins import get_manager
+    from circuitry.sources import check_device
 
+    check_device(device)
     rows = plan(paths)
-    detectors = get_manager().detectors()
-    missing = [d for d in ("previous_token", "induction") if d not in detectors]
-    if missing:
-        raise UsageError(f"track needs the detector plugins {', '.join(missing)} (are they disabled?)")
-    chosen = {k: detectors[k] for k in ("previous_token", "induction", "composition") if k in detectors}
+    manager = get_manager()
+    chosen = {k: manager.get("circuitry_detectors", k, "detector") for k in ("previous_token", "induction")}
+    if "composition" in manager.detectors():  # optional: the K-composition column
+        chosen["composition"] = manager.detectors()["composition"]
     stats = []
     for n, (step, path) in enumerate(rows):
         model = load_model_file(path, device=device).eval()

@@ -34,6 +34,7 @@ from circuitry.errors import UsageError
 from circuitry.fileio import atomic_write_text
 from circuitry.jsonable import finite_or_none, strict_dumps
 from circuitry.model import HookedTransformer, ModelConfig, save_model
+from circuitry.model.io import require_memory
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,13 @@ class TrainRecipe:
     checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise UsageError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.n_heads})")
         for name in ("steps", "n_layers", "n_heads", "d_model", "batch"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise UsageError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.n_heads})")
+        if not 0 <= self.seed < 2**63 - 1:
+            raise UsageError(f"--seed must lie in 0..{2**63 - 2}, got {self.seed}")
         if not self.weight_decay >= 0:
             raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -92,6 +95,7 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     """Train a model; with `out`, write the model, loss curve, recipe and checkpoints there."""
     torch.manual_seed(recipe.seed)
     cfg = recipe.model_config()
+    require_memory(cfg, "training", copies=4)  # weights, gradients and AdamW's two moments
     model = HookedTransformer(cfg, seed=recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed + 1)

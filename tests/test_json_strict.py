@@ -117,7 +117,7 @@ def _commands(root):
         "info": ["info", model],
         "plugins": ["plugins"],
         "scan": ["scan", model, "--data", "repeated:batch=16,seed=3"],
-        "paths": ["paths", model, "--batch", "8", "--top", "20"],
+        "paths": ["paths", model, "--data", "repeated:batch=8", "--top", "20"],
         "verify": ["verify", str(root / "spec.yaml")],
         "discover": ["discover", model, "--data", "repeated:batch=16"],
         "track": ["track", str(root / "checkpoints")],

@@ -39,8 +39,8 @@ def test_json_document(main, capsys, shipped):
 
 
 def test_table_and_options(main, capsys):
-    assert main(["paths", "builtin:attn-only-2l", "--top", "3", "--target", "5-6", "--data", "periodic",
-                 "--seq-len", "8", "--batch", "4", "--seed", "2"]) == 0
+    assert main(["paths", "builtin:attn-only-2l", "--top", "3", "--target", "5-6", "--data",
+                 "periodic:period=8,batch=4,seed=2"]) == 0
     out = capsys.readouterr().out
     assert "logit difference 5 - 6" in out and "periodic repeats (4 x 64, period 8, seed 2)" in out
     assert "loss ladder (predictable positions)" in out and "+ virtual heads" in out
@@ -57,7 +57,9 @@ def test_table_and_options(main, capsys):
 @pytest.mark.parametrize("argv, fragment", [
     (["--target", "99"], "not a token id of the model (0..64)"),
     (["--target", "banana"], "--target must be"),
-    (["--seq-len", "40"], "longer than the context"),
+    (["--data", "repeated:seq_len=40"], "longer than the model's context of 64"),
+    (["--data", "repeated:batch=0"], "parameter 'batch' of dataset 'repeated' must be >= 1, got 0"),
+    (["--data", "periodic:seq_len=8"], "dataset 'periodic' has no parameter 'seq_len'"),
     (["--top", "0"], "--top must be >= 1"),
 ])
 def test_bad_input_exits_2(main, capsys, argv, fragment):

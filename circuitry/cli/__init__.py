@@ -59,10 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from circuitry.cli.output import Output
 
+    from circuitry.diagnostics import collecting
+
     out = Output(json_mode=getattr(args, "json", False), verbose=getattr(args, "verbose", 0))
     try:
-        _apply_plugin_options(args.plugin_opts)
-        return int(args.run(args, out) or 0)
+        with collecting() as warnings:
+            try:
+                _apply_plugin_options(args.plugin_opts)
+                return int(args.run(args, out) or 0)
+            finally:
+                for message in warnings:
+                    out.warning(message)
     except CircuitryError as exc:
         out.error(str(exc))
         if os.environ.get("CIRCUITRY_DEBUG"):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 
+DEFAULT_DATA = "repeated:batch=16"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "paths", help="decompose the logits into residual paths and rank them",
@@ -13,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "scales), rank the terms by their mean contribution to a logit, and show the loss when "
                     "only the direct path, then single heads, then virtual heads are kept.")
     p.add_argument("model", metavar="MODEL", help="model reference: builtin:NAME or a path")
-    p.add_argument("--data", choices=("repeated", "periodic"), default="repeated",
-                   help="repeated: BOS + a random block repeated --n-repeats times; periodic: BOS + a random "
-                        "block of --seq-len tokens tiled to --length (default repeated)")
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="NAME[:k=v,...]",
+                   help=f"data: a dataset plugin and its parameters (repeated:seq_len=10,n_repeats=2, "
+                        f"periodic:period=8, ...) or a token file (default {DEFAULT_DATA})")
     p.add_argument("--target", default="correct", metavar="correct|TOKEN|A-B",
                    help="logit to explain: the correct next token, one token id, or the logit difference "
                         "of two token ids A-B (default correct)")
@@ -24,12 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rank by mean contribution, |mean| or mean |contribution| (default mean)")
     p.add_argument("--positions", choices=("predictable", "fresh", "all"), default="predictable",
                    help="positions averaged over: predictable (the repeated part), fresh or all (default predictable)")
-    p.add_argument("--seq-len", type=int, default=10, help="repeated block length / period (default 10)")
-    p.add_argument("--n-repeats", type=int, default=2, help="repeats of the block for --data repeated (default 2)")
-    p.add_argument("--length", type=int, default=None,
-                   help="sequence length for --data periodic (default min(n_ctx, 64))")
-    p.add_argument("--batch", type=int, default=16, help="sequences in the batch (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the data (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
 
@@ -54,7 +51,7 @@ def parse_target(text: str):
 def run(args: argparse.Namespace, out) -> int:
     import torch
 
-    from circuitry.data import periodic_tokens, repeated_tokens
+    from circuitry.datasets import make_batch
     from circuitry.errors import UsageError
     from circuitry.graph import decompose
     from circuitry.sources import load_model
@@ -63,16 +60,7 @@ def run(args: argparse.Namespace, out) -> int:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     target = parse_target(args.target)
     model = load_model(args.model)
-    cfg = model.cfg
-    if args.data == "repeated":
-        batch = repeated_tokens(cfg.d_vocab, cfg.bos_token_id, batch=args.batch, seq_len=args.seq_len,
-                                n_repeats=args.n_repeats, seed=args.seed)
-    else:
-        length = args.length if args.length is not None else min(cfg.n_ctx, 64)
-        if args.batch < 1 or args.seq_len < 1 or length < 2:
-            raise UsageError("--batch and --seq-len must be >= 1 and --length >= 2")
-        batch = periodic_tokens(cfg.d_vocab, cfg.bos_token_id, batch=args.batch, n_ctx=length,
-                                period=args.seq_len, seed=args.seed)
+    batch = make_batch(model, args.data).to(model.device)
     dec = decompose(model, batch.tokens)
     mask = {"predictable": batch.predictable, "fresh": batch.fresh,
             "all": torch.ones_like(batch.predictable)}[args.positions].to(dec.tokens.device)
