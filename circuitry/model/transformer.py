@@ -33,6 +33,7 @@ class HookedTransformer(nn.Module):
         self._build(cfg)
         self.source: str | None = None  # where the weights were loaded from
         self.tokenizer = None  # a Hugging Face tokenizer when the model source provides one
+        self.trained_positions: int | None = None  # positions the model works in, when its card says so
         if seed is not None:
             self.init_weights(seed)
 

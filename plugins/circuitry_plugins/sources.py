@@ -8,6 +8,8 @@ A shipped model saved in Hugging Face format (its config.json has a
 
 from __future__ import annotations
 
+import json
+
 from circuitry import hookimpl
 from circuitry.errors import ModelLoadError, unknown_name
 from circuitry.model import load_model_file
@@ -32,8 +34,20 @@ def _load_builtin(name: str, device=None):
     if _is_hf_dir(models[name]):
         from circuitry.sources import load_model
 
-        return load_model(f"hf:{models[name]}", device=device)
-    return load_model_file(models[name], device=device)
+        model = load_model(f"hf:{models[name]}", device=device)
+    else:
+        model = load_model_file(models[name], device=device)
+    model.trained_positions = _reliable_positions(models[name])
+    return model
+
+
+def _reliable_positions(folder) -> int | None:
+    """The positions a shipped model's circuits work in, from its model card (`reliable_positions`)."""
+    try:
+        value = json.loads((folder / "card.json").read_text(encoding="utf-8")).get("reliable_positions")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _load_file(path: str, device=None):
