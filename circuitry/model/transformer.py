@@ -78,7 +78,11 @@ class HookedTransformer(nn.Module):
     def check_tokens(self, tokens: torch.Tensor | Sequence) -> torch.Tensor:
         """Tokens as a LongTensor [batch, pos] on the model's device, or an InputError."""
         if not isinstance(tokens, torch.Tensor):
-            tokens = torch.tensor(tokens)
+            try:
+                tokens = torch.tensor(tokens)
+            except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+                raise InputError(f"tokens must be a rectangular list of integer ids in "
+                                 f"0..{self.cfg.d_vocab - 1} ({exc})") from None
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise InputError(f"tokens must be integer ids, got dtype {tokens.dtype}")
         if tokens.ndim == 1:
