@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,10 @@ import torch
 from circuitry.model import HookedTransformer, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Hypothesis keeps its example database and caches in ./.hypothesis (the repository root) unless told
+# otherwise: keep them in the temporary directory (still shared between runs, so failures replay)
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "circuitry-tests-hypothesis"))
 
 
 def pytest_addoption(parser):
