@@ -3,12 +3,17 @@
 Numbers are checked against independent computations: the fraction of the loss
 recovered is recomputed with plain hooks on hook_z and a hand-written loss;
 the written spec is checked by `circuitry verify` on the shipped model (pass)
-and on a randomly initialised one (fail).
+and on a randomly initialised one (fail). A model with one head per layer,
+made of the shipped model's strongest previous-token and induction heads,
+needs every component (the circuit is the whole model); a random model does
+not do the task (no spec, exit 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -17,12 +22,31 @@ import torch.nn.functional as F
 import circuitry.cli
 from circuitry.cli import main
 from circuitry.data import repeated_tokens
-from circuitry.discovery import bound, discover, prune_greedy, ratio_bound, resolve_task, task_data
+from circuitry.diagnostics import collecting, warn
+from circuitry.discovery import (
+    TaskNotDone,
+    bound,
+    discover,
+    model_for_spec,
+    prune_greedy,
+    ratio_bound,
+    resolve_task,
+    spec_name,
+    task_data,
+    task_effect_required,
+)
+from circuitry.discovery import specfile
+from circuitry.discovery.core import _weakest_first, require_task
+from circuitry.discovery.prune import PruneRound, _smallest_first
+from circuitry.discovery.specfile import measure_on
 from circuitry.errors import UsageError
+from circuitry.jsonable import JSONValueError, strict_dumps
 from circuitry.model import HookedTransformer, save_model
 from circuitry.plugins import get_manager
-from circuitry.records import Task
+from circuitry.records import Metric, Task
 from circuitry.spec import load_spec
+from circuitry.spec.loader import SpecErrors
+from circuitry.verify import verify
 
 SPEC = "specs/induction.yaml"
 
@@ -152,8 +176,9 @@ def test_a_model_without_the_behaviour_has_no_circuit(shipped):
         for name, p in model.named_parameters():
             if name.startswith("blocks."):
                 p.zero_()
-    with pytest.raises(UsageError, match="leaves the task metric 'loss' unchanged"):
+    with pytest.raises(TaskNotDone, match="does not do task 'induction'") as info:
         discover(model)
+    assert info.value.exit_code == 1 and info.value.effect == 0.0
 
 
 def test_tasks_are_plugins(circuitry_plugin):
@@ -241,3 +266,212 @@ def test_three_layer_model_circuit_recovers_80_percent(cli, tmp_path, capsys):
     circuit = loss_with_mean_ablation(model, b, r, [h for h in every if h not in roles])
     assert abs(doc["recovered_nodes"] - (ablated - circuit) / (ablated - clean)) < 1e-4
     assert cli(["verify", str(out)]) == 0
+
+
+# ------------------------------------------------------------------ the whole model, no task, names
+def induction_tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    """The induction task's clean and reference tokens, made here (BOS + 10 tokens repeated twice, seeds 1, 2)."""
+    return (repeated_tokens(65, 64, batch=64, seq_len=10, n_repeats=2, seed=1).tokens,
+            repeated_tokens(65, 64, batch=64, seq_len=10, n_repeats=2, seed=2).tokens)
+
+
+def one_head_per_layer(shipped, heads: tuple[int, int]) -> HookedTransformer:
+    """A 2-layer model with one head per layer: head heads[l] of the shipped model's layer l, and its
+    embeddings and unembedding."""
+    model = HookedTransformer(dataclasses.replace(shipped.cfg, n_heads=1, name="two-head"), seed=0)
+    state = {k: (v[heads[int(k.split(".")[1])]][None].clone() if k.startswith("blocks.") else v.clone())
+             for k, v in shipped.state_dict().items()}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def test_a_circuit_that_is_the_whole_model(cli, tmp_path, capsys, shipped):
+    # the shipped model's strongest previous-token head (L0H0) and induction head (L1H3), one per layer:
+    # each is needed, so nothing can be pruned and the circuit is the whole model
+    model = one_head_per_layer(shipped, (0, 3))
+    save_model(model, tmp_path / "two-head")
+    b, r = induction_tokens()
+    clean = loss_with_mean_ablation(model, b, r, [])
+    ablated = loss_with_mean_ablation(model, b, r, ["L0H0", "L1H0"])
+    lost = {h: (loss_with_mean_ablation(model, b, r, [h]) - clean) / (ablated - clean) for h in ("L0H0", "L1H0")}
+    assert ablated - clean > 1.0 and min(lost.values()) > 0.2  # removing either alone costs more than 1 - 0.8
+    out = tmp_path / "found.yaml"
+    assert cli(["discover", str(tmp_path / "two-head"), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [n["node"] for n in doc["nodes"]] == ["L0H0", "L1H0"] and doc["whole_model"]
+    assert {n["node"]: n["role"] for n in doc["nodes"]} == {"L0H0": "previous_token", "L1H0": "induction"}
+    assert abs(doc["metric_clean"] - clean) < 1e-4 and abs(doc["metric_all_ablated"] - ablated) < 1e-4
+    assert doc["recovered_nodes"] == 1.0
+    assert all(abs(n["effect"] - lost[n["node"]]) < 1e-4 for n in doc["nodes"])
+    faith = next(c for c in doc["checks"] if c["id"] == "faithfulness")
+    assert faith["value"] == 1.0 and faith["expect"] == ">= 0.800"
+    # the name is the task and the model directory's name; the model path is relative to the spec
+    assert doc["name"] == "induction-two-head" and doc["model"] == str((tmp_path / "two-head").resolve())
+    text = out.read_text()
+    spec = load_spec(out)
+    assert spec.name == "induction-two-head" and spec.model == "two-head" and str(tmp_path) not in text
+    assert "the circuit is the whole model" in text
+    assert cli(["verify", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["warnings"] == []
+    note = next(c for c in report["checks"] if c["id"] == "faithfulness")["details"]["note"]
+    assert "by definition" in note
+
+
+def test_a_model_that_does_not_do_the_task_gets_no_spec(cli, tmp_path, capsys, shipped):
+    model = HookedTransformer(shipped.cfg, seed=123).eval()
+    save_model(model, tmp_path / "random")
+    b, r = induction_tokens()
+    clean = loss_with_mean_ablation(model, b, r, [])
+    ablated = loss_with_mean_ablation(model, b, r, [f"L{l}H{h}" for l in range(2) for h in range(4)])
+    out = tmp_path / "found.yaml"
+    assert cli(["discover", str(tmp_path / "random"), "--out", str(out)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "does not do task 'induction'" in err and "no spec written" in err
+    assert f"loss {clean:.4f} on the clean run, {ablated:.4f} with every component mean-ablated" in err
+    assert not out.exists()
+    assert cli(["discover", str(tmp_path / "random"), "--out", str(out), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"not strict JSON: {name}"))
+    assert doc["does_task"] is False and doc["spec"] is None and doc["circuit"] is None
+    assert abs(doc["metric_clean"] - clean) < 1e-4 and abs(doc["metric_all_ablated"] - ablated) < 1e-4
+    assert abs(doc["required_effect"] - max(0.1, 0.05 * max(abs(clean), abs(ablated)))) < 1e-4
+    assert abs(doc["effect"] - (ablated - clean)) < 1e-4 and doc["effect"] < doc["required_effect"]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["random"]
+
+
+def test_how_clearly_a_model_must_do_the_task():
+    task = resolve_task("induction")
+    loss = Metric("loss", "", lambda *a: 0.0)
+    higher = Metric("logit_diff", "", lambda *a: 0.0, lower_is_better=False)
+    assert task_effect_required(0.24, 4.26) == pytest.approx(0.05 * 4.26)  # 5% of the larger magnitude
+    assert task_effect_required(0.0, 0.5) == 0.1  # at least 0.1 in the metric's units
+    require_task("m", task, loss, {}, 0.24, 4.26)  # the shipped model: passes
+    require_task("m", task, higher, {}, 4.0, 1.0)
+    for metric, clean, ablated in ((loss, 4.0, 4.05), (loss, 4.3, 4.2), (higher, 1.0, 4.0), (loss, math.nan, 4.0)):
+        with pytest.raises(TaskNotDone) as info:
+            require_task("m", task, metric, {"name": "repeated"}, clean, ablated)
+        strict_dumps(info.value.to_json())
+
+
+def test_spec_names_and_model_paths(tmp_path):
+    assert spec_name("induction", "builtin:attn-only-2l") == "induction-attn-only-2l"
+    assert spec_name("induction", str(tmp_path / "runs" / "a b")) == "induction-a-b"
+    assert spec_name("induction", "/models/x/model.safetensors") == "induction-model"
+    assert spec_name("induction", "hf:EleutherAI/pythia-70m") == "induction-pythia-70m"
+    assert spec_name("long-induction", "tl:/models/gpt2-small/") == "long-induction-gpt2-small"
+    run = tmp_path / "runs" / "a"
+    assert model_for_spec(str(run), tmp_path) == "runs/a"
+    assert model_for_spec(f"hf:{run}", tmp_path / "runs") == "hf:a"
+    assert model_for_spec(str(run), tmp_path / "elsewhere") == str(run)  # outside the spec's directory: kept
+    assert model_for_spec("builtin:attn-only-2l", tmp_path) == "builtin:attn-only-2l"
+
+
+def test_the_printed_spec_names_no_path(cli, tmp_path, capsys, shipped):
+    save_model(shipped, tmp_path / "copy.safetensors")
+    circuit = discover(shipped, model_ref=str(tmp_path / "copy.safetensors"), role_threshold=0.99)
+    spec = load_spec(text=circuit.spec_text)
+    assert spec.name == "induction-copy" and str(tmp_path) not in spec.name
+    assert spec.model == str((tmp_path / "copy.safetensors").resolve())  # printed: an absolute path
+    # every role score is below 0.99: no roles, so no role warnings, and the spec still verifies
+    assert set(spec.nodes.values()) == {""} and "no detector role (every role score < 0.99)" in circuit.spec_text
+    with collecting() as found:
+        report = verify(spec)
+    assert report.passed and found == []
+
+
+# ------------------------------------------------------------------ problems in the user's terms
+@pytest.fixture
+def fresh_plugins():
+    """The plugin manager rebuilt before and after the test (for -p no:NAME)."""
+    from circuitry.plugins import reset_manager
+
+    reset_manager()
+    yield
+    reset_manager()
+
+
+def test_data_longer_than_the_context_is_a_usage_error(cli, capsys):
+    assert cli(["discover", "builtin:attn-only-2l", "--data", "repeated:seq_len=500"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the data repeated:batch=64,seq_len=500,n_repeats=2,seed=1" in err
+    assert "longer than the model's context of 64" in err and "<string>" not in err
+
+
+@pytest.mark.parametrize("plugin, needed", [("interventions", "discover needs intervention 'mean'"),
+                                            ("checks", "discover needs check kind 'detector'"),
+                                            ("metrics", "task 'induction' needs its metric: metric 'loss'")])
+def test_unavailable_plugins_are_usage_errors_before_any_work(cli, capsys, fresh_plugins, plugin, needed):
+    assert cli(["-p", f"no:{plugin}", "discover", "builtin:attn-only-2l"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert needed in err and f"-p no:{plugin}" in err and "<string>" not in err
+
+
+def test_draft_spec_errors_are_told_in_the_users_terms(cli, capsys, monkeypatch):
+    def failing(spec, **kwargs):  # as verify reports problems: located in the (draft) spec
+        raise SpecErrors([spec.document.error(("data",), "a problem with the data"),
+                          spec.document.error(("checks", 3, "intervention"), "intervention 'zero' misbehaves")])
+
+    monkeypatch.setattr(specfile, "verify", failing)
+    assert cli(["discover", "builtin:attn-only-2l"]) == 2
+    err = capsys.readouterr().err
+    assert "<string>" not in err
+    assert "the data repeated:batch=64,seq_len=10,n_repeats=2,seed=1: a problem with the data" in err
+    assert ("the check 'ablate-previous-token-heads' (zero-ablating L0H0, L0H2: change in loss): intervention "
+            "'zero' misbehaves") in err
+
+
+def test_draft_warnings_lose_the_draft_location(shipped, monkeypatch):
+    real = specfile.verify
+
+    def warning(spec, **kwargs):
+        warn(f"{spec.document.mark(('checks', 0))}: check 'previous-token-heads': something odd")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(specfile, "verify", warning)
+    with collecting() as found:
+        discover(shipped)
+    assert found == ["measuring the discovered spec: check 'previous-token-heads': something odd"]
+
+
+# ------------------------------------------------------------------ one verified run; undefined numbers
+def test_the_written_spec_is_checked_on_the_verified_run(found, shipped):
+    spec = load_spec(text=found.spec_text)
+    report = verify(spec, model=shipped)
+    assert {c.id: c.value for c in report.checks} == pytest.approx({c.id: c.value for c in found.checks}, abs=1e-6)
+    passes = []
+    handle = shipped.register_forward_pre_hook(lambda mod, args: passes.append(1))
+    try:
+        results = measure_on(report.run, spec)
+    finally:
+        handle.remove()
+    assert passes == []  # the model, batch, clean run and swept values of the verification are reused
+    assert [(r.id, r.value, r.passed) for r in results] == [(c.id, c.value, c.passed) for c in report.checks]
+
+
+def test_a_check_without_a_finite_value_is_left_out(shipped, monkeypatch):
+    real = specfile.verify
+
+    def nan_induction(spec, **kwargs):
+        report = real(spec, **kwargs)
+        checks = tuple(dataclasses.replace(c, value=math.nan) if c.id == "induction-heads" else c
+                       for c in report.checks)
+        return dataclasses.replace(report, checks=checks)
+
+    monkeypatch.setattr(specfile, "verify", nan_induction)
+    with collecting() as found:
+        circuit = discover(shipped)
+    assert "induction-heads" not in {c.id for c in circuit.checks}
+    assert "# Not written: check 'induction-heads', measured nan" in circuit.spec_text
+    assert any("'induction-heads'" in w and "left out of the spec" in w for w in found)
+    assert "induction-heads" not in {c.id for c in load_spec(text=circuit.spec_text).checks}
+
+
+def test_undefined_numbers_sort_last_and_never_reach_json_or_yaml():
+    nan = math.nan
+    assert sorted([nan, 0.2, 0.1], key=_smallest_first)[:2] == [0.1, 0.2]
+    assert sorted([1.5, None, nan, 0.9], key=_weakest_first)[2:] == [0.9, 1.5]
+    assert PruneRound("nodes", 3, (), nan, 3).to_json()["recovered"] is None
+    with pytest.raises(JSONValueError):
+        specfile._q({"x": nan})
+    with pytest.raises(ValueError):
+        bound(nan, 0.2)

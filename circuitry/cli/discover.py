@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from circuitry.fileio import check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from circuitry.discovery import DEFAULT_MARGIN, DEFAULT_ROLE_THRESHOLD, DEFAULT_TARGET, DEFAULT_TASK
+    from circuitry.discovery import (
+        DEFAULT_MARGIN,
+        DEFAULT_ROLE_THRESHOLD,
+        DEFAULT_TARGET,
+        DEFAULT_TASK,
+    )
 
     p = sub.add_parser("discover", help="find a task's circuit and write it as a spec",
                        description="Score every head with the detectors, prune components and then Q/K/V edges "
@@ -37,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from circuitry.discovery import discover, resolve_task, write_spec
+    from circuitry.discovery import TaskNotDone, discover, resolve_task, write_spec
     from circuitry.errors import UsageError
     from circuitry.sources import load_model
 
@@ -52,9 +58,12 @@ def run(args: argparse.Namespace, out) -> int:
     with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
                   console=out.err, transient=True) as progress:
         task = progress.add_task("loading", total=None)
-        circuit = discover(model, args.task, args.data, target=args.target, margin=args.margin,
-                           role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
-                           progress=lambda message: progress.update(task, description=message))
+        try:
+            circuit = discover(model, args.task, args.data, target=args.target, margin=args.margin,
+                               role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
+                               progress=lambda message: progress.update(task, description=message))
+        except TaskNotDone as finding:
+            return refuse(finding, args, out)
     if args.out:
         write_spec(circuit, args.out)
     if args.json:
@@ -69,17 +78,26 @@ def run(args: argparse.Namespace, out) -> int:
     return 0
 
 
+def refuse(finding, args: argparse.Namespace, out) -> int:
+    """The model does not do the task: say so with both numbers (stderr, or the --json document); no spec."""
+    if args.json:
+        out.json(finding.to_json())
+    else:
+        out.info(f"no circuit: {finding}")
+    return finding.exit_code
+
+
 def render(circuit, out) -> None:
     from rich.table import Table
 
     def pct(x):
-        return "—" if x is None or x != x else f"{100 * x:.1f}%"
+        return "—" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
     nodes = Table(title=f"circuit of task {circuit.task!r} in {circuit.model}", title_justify="left")
     for col in ("node", "role", "previous_token", "induction", "effect"):
         nodes.add_column(col, justify="left" if col in ("node", "role") else "right")
     for n in circuit.nodes:
-        nodes.add_row(n.name, n.role, *(f"{n.scores[k]:.3f}" if k in n.scores else "—"
+        nodes.add_row(n.name, n.role or "—", *(f"{n.scores[k]:.3f}" if k in n.scores else "—"
                                         for k in ("previous_token", "induction")), pct(n.effect))
     out.print(nodes)
     if circuit.edges:
@@ -91,6 +109,9 @@ def render(circuit, out) -> None:
         out.print(edges)
     out.print("[dim]effect: share of the task effect lost when the node (edge) alone is removed from the "
               "circuit[/]")
+    if circuit.whole_model:
+        out.print("every component is needed: the circuit is the whole model, so nothing is ablated and it "
+                  "recovers the metric by definition")
     out.print(f"{circuit.metric}: clean {circuit.metric_clean:.4f}, all ablated {circuit.metric_ablated:.4f}, "
               f"circuit {circuit.metric_circuit:.4f}; recovered {circuit.recovered_nodes:.3f} (nodes), "
               f"{circuit.recovered:.3f} (nodes and edges); target {circuit.target:g}")

@@ -6,7 +6,8 @@
 
 `core` runs the detectors, prunes nodes and edges by batched sweeps
 (`prune`) and assigns roles; `specfile` measures the spec's checks and sets
-their thresholds with a margin.
+their thresholds with a margin; `records` holds what a discovery returns
+(`Circuit` and its nodes, edges and checks) or raises (`TaskNotDone`).
 """
 
 from __future__ import annotations
@@ -14,24 +15,66 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuitry.discovery.core import (
-    DEFAULT_MARGIN, DEFAULT_ROLE_THRESHOLD, DEFAULT_TARGET, DEFAULT_TASK, Circuit, FoundEdge, FoundNode,
-    MeasuredCheck, discover, resolve_task, task_data,
+    DEFAULT_MARGIN,
+    DEFAULT_ROLE_THRESHOLD,
+    DEFAULT_TARGET,
+    DEFAULT_TASK,
+    MIN_TASK_EFFECT,
+    MIN_TASK_EFFECT_FRACTION,
+    discover,
+    resolve_task,
+    task_data,
+    task_effect_required,
 )
 from circuitry.discovery.prune import PruneOutcome, PruneRound, prune_greedy
-from circuitry.discovery.specfile import bound, ratio_bound
+from circuitry.discovery.records import (
+    Circuit,
+    FoundEdge,
+    FoundNode,
+    MeasuredCheck,
+    TaskNotDone,
+)
+from circuitry.discovery.specfile import (
+    bound,
+    model_for_spec,
+    ratio_bound,
+    spec_name,
+    spec_text_at,
+)
+from circuitry.fileio import atomic_write_text
 
 
 def write_spec(circuit: Circuit, path: str | Path) -> Path:
-    """Write the circuit's spec atomically (temporary file, then rename)."""
-    from circuitry.fileio import atomic_write_text
-
+    """Write the circuit's spec atomically (temporary file, then rename); a model inside the spec's
+    directory is named by its path relative to it."""
     path = Path(path)
-    atomic_write_text(path, circuit.spec_text)
+    atomic_write_text(path, spec_text_at(circuit, path))
     return path
 
 
 __all__ = [
-    "Circuit", "FoundNode", "FoundEdge", "MeasuredCheck", "PruneRound", "PruneOutcome",
-    "discover", "prune_greedy", "resolve_task", "task_data", "write_spec", "bound", "ratio_bound",
-    "DEFAULT_TASK", "DEFAULT_TARGET", "DEFAULT_MARGIN", "DEFAULT_ROLE_THRESHOLD",
+    "DEFAULT_MARGIN",
+    "DEFAULT_ROLE_THRESHOLD",
+    "DEFAULT_TARGET",
+    "DEFAULT_TASK",
+    "MIN_TASK_EFFECT",
+    "MIN_TASK_EFFECT_FRACTION",
+    "Circuit",
+    "FoundEdge",
+    "FoundNode",
+    "MeasuredCheck",
+    "PruneOutcome",
+    "PruneRound",
+    "TaskNotDone",
+    "bound",
+    "discover",
+    "model_for_spec",
+    "prune_greedy",
+    "ratio_bound",
+    "resolve_task",
+    "spec_name",
+    "spec_text_at",
+    "task_data",
+    "task_effect_required",
+    "write_spec",
 ]

@@ -4,6 +4,9 @@
    reference batch for mean ablations (the same data with seed + 1).
 2. Detectors: one cached run scores every head (previous_token, induction,
    duplicate_token) and the weights give every pair's composition scores.
+   The model must do the task: the metric on the clean run must be clearly
+   better than with every component ablated (`task_effect_required`), else
+   `TaskNotDone` (exit code 1) and no spec.
 3. Nodes: start from every component (heads, MLPs) and prune greedily
    (`circuitry.discovery.prune`): a removed component is mean-ablated; the
    circuit must keep recovering >= target of the task metric, measured as
@@ -14,10 +17,11 @@
    edge is path-patched with the sender's mean output on that input only.
    Direct paths into the logits are not pruned.
 5. Roles: a kept head takes the name of the role detector with its highest
-   score when that score is >= role_threshold, else "other".
+   score when that score is >= role_threshold; other nodes get no role ("").
 6. Checks: the spec's checks are measured by `circuitry.verify` itself on
    a draft spec, and their thresholds set from those values with the margin
-   (`circuitry.discovery.specfile`).
+   (`circuitry.discovery.specfile`). When every component is needed, the
+   circuit is the whole model and recovers the metric by definition.
 """
 
 from __future__ import annotations
@@ -26,19 +30,33 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from circuitry.discovery.prune import PruneOutcome, PruneRound, prune_greedy
+from circuitry.datasets import make_batch, parse_data_ref
+from circuitry.diagnostics import warn
+from circuitry.discovery.prune import PruneOutcome, prune_greedy
+from circuitry.discovery.records import Circuit, FoundEdge, FoundNode, TaskNotDone
+from circuitry.discovery.specfile import absolute_model, build_spec, data_ref, spec_name
 from circuitry.errors import UsageError, did_you_mean
-from circuitry.jsonable import finite_or_none, finite_tree
+from circuitry.interventions import (
+    Ablation,
+    Combined,
+    Edge,
+    EdgePatch,
+    all_heads,
+    all_mlps,
+    clean_run,
+    run_interventions,
+)
 from circuitry.model import HookedTransformer
 from circuitry.plugins import PluginManager, get_manager
-from circuitry.records import Task
+from circuitry.records import Metric, Task
+from circuitry.scan import run_detectors
 
 ROLE_DETECTORS = ("previous_token", "induction", "duplicate_token")
 DEFAULT_TASK = "induction"
@@ -46,124 +64,14 @@ DEFAULT_TARGET = 0.8
 DEFAULT_MARGIN = 0.2
 DEFAULT_ROLE_THRESHOLD = 0.4
 METHOD = "mean"  # how removed nodes and edges are replaced (as in the faithfulness check)
+# a model does the task when the clean run beats the all-ablated one by at least this much, in the metric's
+# units, and by this fraction of the larger magnitude of the two values (see `task_effect_required`)
+MIN_TASK_EFFECT = 0.1
+MIN_TASK_EFFECT_FRACTION = 0.05
+TASK_RULE = (f"at least {MIN_TASK_EFFECT:g} in the metric's units and {MIN_TASK_EFFECT_FRACTION:.0%} of the larger "
+             f"magnitude of the two values")
+CHECK_KINDS = ("detector", "composition", "intervention", "faithfulness")  # the kinds a discovered spec holds
 
-
-@dataclass(frozen=True)
-class FoundNode:
-    """A kept component: its role, its detector scores, and the fraction of the task effect lost
-    when it alone is removed from the final circuit."""
-
-    name: str
-    role: str
-    scores: Mapping[str, float]
-    effect: float
-
-    def to_json(self) -> dict:
-        """effect (and a score) is null when undefined: NaN, e.g. a task effect of zero."""
-        return {"node": self.name, "role": self.role,
-                "scores": {k: finite_or_none(v) for k, v in self.scores.items()}, "effect": _num(self.effect)}
-
-
-@dataclass(frozen=True)
-class FoundEdge:
-    """A kept edge sender -> receiver (kind); composition: score / random baseline (None for MLP senders)."""
-
-    sender: str
-    receiver: str
-    kind: str
-    composition: float | None
-    effect: float
-
-    @property
-    def name(self) -> str:
-        return f"{self.sender} -> {self.receiver} ({self.kind})"
-
-    def to_json(self) -> dict:
-        """composition_ratio is null for an MLP sender; effect is null when undefined (NaN)."""
-        return {"edge": self.name, "from": self.sender, "to": self.receiver, "kind": self.kind,
-                "composition_ratio": _num(self.composition), "effect": _num(self.effect)}
-
-
-@dataclass(frozen=True)
-class MeasuredCheck:
-    """A check of the written spec: the value `verify` measured and the expectation set from it."""
-
-    id: str
-    kind: str
-    value: float
-    expect: str
-
-    def to_json(self) -> dict:
-        """value is null when verify measured no finite number."""
-        return {"id": self.id, "kind": self.kind, "value": _num(self.value), "expect": self.expect}
-
-
-@dataclass(frozen=True)
-class Circuit:
-    """What `discover` found, how well it recovers the task metric, and what it cost."""
-
-    model: str
-    task: str
-    metric: str
-    data: Mapping[str, Any]
-    reference_data: Mapping[str, Any]
-    nodes: tuple[FoundNode, ...]
-    edges: tuple[FoundEdge, ...]
-    metric_clean: float
-    metric_ablated: float  # every component mean-ablated
-    metric_nodes: float  # components outside the circuit mean-ablated
-    metric_circuit: float  # ... and the pruned edges patched as well
-    target: float
-    margin: float
-    role_threshold: float
-    method: str  # "batched" or "naive" sweeps
-    rounds: tuple[PruneRound, ...]
-    interventions: int  # evaluated by the pruning sweeps
-    prune_passes: int  # forward passes of the pruning sweeps
-    total_passes: int  # every forward pass of the run (detectors, clean runs, sweeps, measuring the checks)
-    prune_seconds: float
-    seconds: float
-    checks: tuple[MeasuredCheck, ...]
-    spec_text: str
-
-    def _frac(self, value: float) -> float:
-        d = self.metric_ablated - self.metric_clean
-        return (self.metric_ablated - value) / d if d else math.nan
-
-    @property
-    def recovered_nodes(self) -> float:
-        """Fraction recovered by the circuit's nodes (the spec's faithfulness check)."""
-        return self._frac(self.metric_nodes)
-
-    @property
-    def recovered(self) -> float:
-        """Fraction recovered by the circuit's nodes with only its edges between them."""
-        return self._frac(self.metric_circuit)
-
-    def to_json(self) -> dict:
-        """The strict-JSON document of `discover --json`. A number that is undefined is null:
-        recovered fractions when ablating everything leaves the metric at its clean value (0/0),
-        metrics that came out NaN or infinite. The `seconds` fields (here and in each round) are
-        the only timings."""
-        return {
-            "model": self.model, "task": self.task, "metric": self.metric, "data": finite_tree(dict(self.data)),
-            "reference_data": finite_tree(dict(self.reference_data)),
-            "nodes": [n.to_json() for n in self.nodes], "edges": [e.to_json() for e in self.edges],
-            "metric_clean": _num(self.metric_clean), "metric_all_ablated": _num(self.metric_ablated),
-            "metric_nodes_only": _num(self.metric_nodes), "metric_circuit": _num(self.metric_circuit),
-            "recovered_nodes": _num(self.recovered_nodes), "recovered": _num(self.recovered),
-            "target": self.target, "margin": self.margin, "role_threshold": self.role_threshold,
-            "sweeps": self.method, "rounds": [finite_tree(r.to_json()) for r in self.rounds],
-            "interventions": self.interventions,
-            "forward_passes": {"pruning": self.prune_passes, "total": self.total_passes},
-            "seconds": {"pruning": round(self.prune_seconds, 4), "total": round(self.seconds, 4)},
-            "checks": [c.to_json() for c in self.checks],
-        }
-
-
-def _num(x: float | None) -> float | None:
-    """x for JSON: None when it is None, NaN or infinite (`circuitry.jsonable.finite_or_none`)."""
-    return finite_or_none(x)
 
 
 # ------------------------------------------------------------------ task and data
@@ -193,9 +101,6 @@ def task_data(task: Task, data: str | Mapping[str, Any] | None, manager: PluginM
     dataset's defaults. The reference batch is the same data with seed + 1
     (datasets without a seed: the same data).
     """
-    from circuitry.datasets import parse_data_ref
-
-    datasets = manager.datasets()
     if data is None:
         name, given = task.dataset, {}
     elif isinstance(data, str):
@@ -203,11 +108,10 @@ def task_data(task: Task, data: str | Mapping[str, Any] | None, manager: PluginM
     else:
         given = dict(data)
         name = str(given.pop("name", task.dataset))
-    if name not in datasets:
-        where = f"task {task.name!r} names " if data is None else ""
-        raise UsageError(f"{where}unknown dataset {name!r}{did_you_mean(name, datasets)}; "
-                         f"valid choices: {', '.join(sorted(datasets))}")
-    ds = datasets[name]
+    try:
+        ds = manager.get("circuitry_datasets", name, "dataset")
+    except UsageError as exc:
+        raise (UsageError(f"task {task.name!r} needs its dataset: {exc}") if data is None else exc) from None
     base = dict(task.dataset_params) if name == task.dataset else {}
     params = {**ds.params, **base, **{k: _typed(v) for k, v in given.items()}}
     for key in params:
@@ -223,6 +127,66 @@ def task_data(task: Task, data: str | Mapping[str, Any] | None, manager: PluginM
     return spec_data, reference
 
 
+def _batches(model: HookedTransformer, data: dict, reference: dict, manager: PluginManager) -> tuple:
+    """(the clean batch, the reference batch), on the model's device; problems name the data."""
+    out = []
+    for what, mapping in (("the data", data), ("the reference data for mean ablations", reference)):
+        try:
+            out.append(make_batch(model, mapping, manager).to(model.device))
+        except UsageError as exc:
+            raise UsageError(f"{what} {data_ref(mapping)}: {exc}") from None
+    return tuple(out)
+
+
+# ------------------------------------------------------------------ what discovery needs
+def _require(manager: PluginManager, task: Task) -> Metric:
+    """The task's metric; every plugin-provided name discovery and its spec use must be available
+    (UsageError, exit 2, naming what needs it)."""
+    try:
+        metric = manager.get("circuitry_metrics", task.metric, "metric")
+    except UsageError as exc:
+        raise UsageError(f"task {task.name!r} needs its metric: {exc}") from None
+    needs = [("circuitry_interventions", "mean", "intervention", "to remove components and edges"),
+             ("circuitry_interventions", "zero", "intervention", "for the spec's ablation check"),
+             *(("circuitry_check_kinds", k, "check kind", "for the spec's checks") for k in CHECK_KINDS)]
+    for hook, name, kind, why in needs:
+        try:
+            manager.get(hook, name, kind)
+        except UsageError as exc:
+            raise UsageError(f"discover needs {kind} {name!r} {why}: {exc}") from None
+    return metric
+
+
+def _detectors(manager: PluginManager) -> dict:
+    """The role detectors and the composition detector that are available; a warning for each that is not
+    (nodes then get no role from it; edges are ordered without composition scores)."""
+    chosen = {}
+    for name in (*ROLE_DETECTORS, "composition"):
+        try:
+            chosen[name] = manager.get("circuitry_detectors", name, "detector")
+        except UsageError as exc:
+            what = "edges are ordered without composition scores" if name == "composition" else \
+                f"no node gets the role {name!r}"
+            warn(f"discover: {exc}; {what}")
+    return chosen
+
+
+def task_effect_required(clean: float, ablated: float) -> float:
+    """How much better than the all-ablated run the clean run must be for the model to do the task:
+    MIN_TASK_EFFECT in the metric's units, and MIN_TASK_EFFECT_FRACTION of the larger magnitude of the two."""
+    return max(MIN_TASK_EFFECT, MIN_TASK_EFFECT_FRACTION * max(abs(clean), abs(ablated)))
+
+
+def require_task(model_ref: str, task: Task, metric: Metric, data: Mapping[str, Any], clean: float,
+                 ablated: float) -> None:
+    """TaskNotDone (exit 1) unless the clean metric is clearly better than the all-ablated one."""
+    effect = ablated - clean if metric.lower_is_better else clean - ablated
+    required = task_effect_required(clean, ablated)
+    if not effect >= required:  # NaN fails too
+        raise TaskNotDone(model_ref, task.name, task.metric, data, clean, ablated, metric.lower_is_better,
+                          required, TASK_RULE)
+
+
 # ------------------------------------------------------------------ helpers
 @contextmanager
 def _count_passes(model: HookedTransformer):
@@ -236,8 +200,7 @@ def _count_passes(model: HookedTransformer):
 
 
 def components(model: HookedTransformer) -> list:
-    from circuitry.interventions import all_heads, all_mlps
-
+    """Every head and MLP of the model."""
     return [*all_heads(model.cfg), *all_mlps(model.cfg)]
 
 
@@ -247,9 +210,15 @@ def node_key(node) -> tuple[int, int, int]:
 
 
 def assign_role(scores: Mapping[str, float], threshold: float) -> str:
-    """The role detector with the highest score, when that score is >= threshold; else 'other'."""
-    best = max(scores, key=lambda k: scores[k], default=None)
-    return best if best is not None and scores[best] >= threshold else "other"
+    """The role detector with the highest score, when that score is >= threshold; else "" (no role)."""
+    finite = {k: v for k, v in scores.items() if math.isfinite(v)}
+    best = max(finite, key=lambda k: finite[k], default=None)
+    return best if best is not None and finite[best] >= threshold else ""
+
+
+def _weakest_first(ratio: float | None) -> float:
+    """Sort key of an edge's composition ratio: weakest first; no ratio (None, NaN) counts as 0."""
+    return 0.0 if ratio is None or math.isnan(ratio) else ratio
 
 
 class _Sweeper:
@@ -263,8 +232,6 @@ class _Sweeper:
         self.ablated_value = math.nan
 
     def values(self, interventions: list) -> list[float]:
-        from circuitry.interventions import run_interventions
-
         res = run_interventions(self.model, self.clean, interventions, self.metric_fn,
                                 reference=self.reference, method=self.method)
         self.passes += res.n_passes
@@ -275,16 +242,31 @@ class _Sweeper:
         return (self.ablated_value - value) / (self.ablated_value - self.clean_value)
 
 
-def _ablation(nodes) -> Any:
-    from circuitry.interventions import Ablation, Combined
-
+def _ablation(nodes) -> Combined:
     return Combined(tuple(Ablation(n, METHOD) for n in nodes))
 
 
-def _with_edges(nodes, edges) -> Any:
-    from circuitry.interventions import Ablation, Combined, EdgePatch
-
+def _with_edges(nodes, edges) -> Combined:
     return Combined(tuple(Ablation(n, METHOD) for n in nodes) + tuple(EdgePatch(e, METHOD) for e in edges))
+
+
+def _check_options(target: float, margin: float, method: str) -> None:
+    if not 0 < target <= 1:
+        raise UsageError(f"target must lie in (0, 1], got {target}")
+    if not 0 <= margin < 1:
+        raise UsageError(f"margin must lie in [0, 1), got {margin}")
+    if method not in ("batched", "naive"):
+        raise UsageError(f"method must be 'batched' or 'naive', got {method!r}")
+
+
+def _found_nodes(kept, effects, head_scores, role_threshold: float) -> list[FoundNode]:
+    out = []
+    for n in kept:
+        scores = {d: float(s[n.layer, n.head]) for d, s in head_scores.items()} if n.is_head else {}
+        role = assign_role({d: v for d, v in scores.items() if d in ROLE_DETECTORS}, role_threshold) \
+            if n.is_head else ""
+        out.append(FoundNode(n.name, role, scores, effects[n]))
+    return out
 
 
 # ------------------------------------------------------------------ entry point
@@ -294,51 +276,36 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
              method: str = "batched", model_ref: str | None = None, name: str | None = None,
              manager: PluginManager | None = None,
              progress: Callable[[str], None] | None = None) -> Circuit:
-    """Find the circuit of `task` in `model` and write it as a spec (see the module docstring)."""
-    from circuitry.datasets import make_batch
-    from circuitry.discovery.specfile import build_spec
-    from circuitry.interventions import Edge, clean_run
-    from circuitry.scan import run_detectors
+    """Find the circuit of `task` in `model` and write it as a spec (see the module docstring).
 
-    if not 0 < target <= 1:
-        raise UsageError(f"target must lie in (0, 1], got {target}")
-    if not 0 <= margin < 1:
-        raise UsageError(f"margin must lie in [0, 1), got {margin}")
-    if method not in ("batched", "naive"):
-        raise UsageError(f"method must be 'batched' or 'naive', got {method!r}")
+    Raises TaskNotDone (exit code 1) when the model does not do the task, UsageError (exit code 2) for
+    options, data and plugins that do not fit. `name` overrides the spec's name (default: the task and
+    the model's short name)."""
+    _check_options(target, margin, method)
     manager = manager or get_manager()
     task = resolve_task(task, manager)
-    metrics = manager.metrics()
-    if task.metric not in metrics:
-        raise UsageError(f"task {task.name!r} names an unknown metric {task.metric!r}"
-                         f"{did_you_mean(task.metric, metrics)}; valid choices: {', '.join(sorted(metrics))}")
-    metric = metrics[task.metric]
+    metric = _require(manager, task)
     say = progress or (lambda message: None)
     start = time.perf_counter()
     model.eval()
+    ref = absolute_model(model_ref or model.source or model.cfg.name or "model")
     spec_data, ref_data = task_data(task, data, manager)
     with _count_passes(model) as passes, torch.inference_mode():
-        batch = make_batch(model, spec_data).to(model.device)
-        ref_batch = make_batch(model, ref_data).to(model.device)
+        batch, ref_batch = _batches(model, spec_data, ref_data, manager)
         say("detectors: scoring every head")
-        detectors = manager.detectors()
-        chosen = {k: detectors[k] for k in (*ROLE_DETECTORS, "composition") if k in detectors}
-        head_scores, pair_scores = run_detectors(model, batch, chosen)
+        head_scores, pair_scores = run_detectors(model, batch, _detectors(manager))
         comp = pair_scores.get("composition")
 
         clean = clean_run(model, batch.tokens, patterns=False)
         reference = clean_run(model, ref_batch.tokens, patterns=False)
-        metric_fn = lambda logits, tokens: metric.compute(logits, batch, clean.logits)  # noqa: E731
+        metric_fn = lambda logits, tokens: metric.compute(logits, batch, clean.logits)
         sweeper = _Sweeper(model, clean, reference, metric_fn, method)
         every = sorted(components(model), key=node_key)
         t_prune = time.perf_counter()
         say("nodes: ablating every component")
         sweeper.ablated_value = sweeper.values([_ablation(every)])[0]
+        require_task(ref, task, metric, spec_data, sweeper.clean_value, sweeper.ablated_value)
         effect = sweeper.ablated_value - sweeper.clean_value
-        if not abs(effect) > 1e-6 * max(1.0, abs(sweeper.clean_value)):
-            raise UsageError(f"mean-ablating every component leaves the task metric {task.metric!r} unchanged "
-                             f"({sweeper.clean_value:.4g}): the model does not do task {task.name!r}, so there "
-                             f"is no circuit to find")
 
         def eval_nodes(sets: list[tuple]) -> list[float]:
             return [sweeper.recovered(v) for v in sweeper.values([_ablation(s) for s in sets])]
@@ -355,7 +322,7 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
 
         candidates = [Edge(s, r, k) for r in kept_heads for s in nodes.kept if s.layer < r.layer
                       for k in ("Q", "K", "V")]
-        candidates.sort(key=lambda e: (ratio(e.sender, e.receiver, e.kind) or 0.0))
+        candidates.sort(key=lambda e: _weakest_first(ratio(e.sender, e.receiver, e.kind)))
 
         def eval_edges(sets: list[tuple]) -> list[float]:
             return [sweeper.recovered(v) for v in sweeper.values([_with_edges(outside, s) for s in sets])]
@@ -366,28 +333,24 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
         else:
             edges = PruneOutcome((), (), {}, nodes.recovered, ())
         prune_seconds = time.perf_counter() - t_prune
-        metric_nodes = sweeper.ablated_value - nodes.recovered * effect
-        metric_circuit = sweeper.ablated_value - edges.recovered * effect
+        # the whole model: nothing is ablated, the metric is the clean one
+        metric_nodes = sweeper.clean_value if not outside else sweeper.ablated_value - nodes.recovered * effect
+        metric_circuit = sweeper.clean_value if not outside and not edges.removed else \
+            sweeper.ablated_value - edges.recovered * effect
 
-        found_nodes = []
-        for n in nodes.kept:
-            scores = {d: float(s[n.layer, n.head]) for d, s in head_scores.items()} if n.is_head else {}
-            role = assign_role({d: v for d, v in scores.items() if d in ROLE_DETECTORS}, role_threshold) \
-                if n.is_head else "mlp"
-            found_nodes.append(FoundNode(n.name, role, scores, nodes.effects[n]))
         found_edges = [FoundEdge(e.sender.name, e.receiver.name, e.kind, ratio(e.sender, e.receiver, e.kind),
                                  edges.effects[e])
                        for e in sorted(edges.kept, key=lambda e: (node_key(e.sender), node_key(e.receiver),
                                                                   "QKV".index(e.kind)))]
-        ref = model_ref or model.source or model.cfg.name
-        if Path(ref).exists():
-            ref = str(Path(ref).resolve())
+        name = name or spec_name(task.name, ref)
         say("checks: measuring the spec's claims")
         circuit = Circuit(
-            ref, task.name, task.metric, spec_data, ref_data, tuple(found_nodes), tuple(found_edges),
+            ref, task.name, task.metric, spec_data, ref_data,
+            tuple(_found_nodes(nodes.kept, nodes.effects, head_scores, role_threshold)), tuple(found_edges),
             sweeper.clean_value, sweeper.ablated_value, metric_nodes, metric_circuit, target, margin,
             role_threshold, method, (*nodes.rounds, *edges.rounds), sweeper.interventions, sweeper.passes,
-            0, prune_seconds, 0.0, (), "")
-        spec_text, checks = build_spec(circuit, model, name=name, manager=manager)
-    return Circuit(**{**circuit.__dict__, "checks": tuple(checks), "spec_text": spec_text,
-                      "total_passes": passes[0], "seconds": time.perf_counter() - start})
+            0, prune_seconds, 0.0, (), "", name, len(every))
+        roles = [d for d in ROLE_DETECTORS if d in head_scores]
+        spec_text, checks = build_spec(circuit, model, roles, name, manager)
+    return replace(circuit, checks=tuple(checks), spec_text=spec_text, total_passes=passes[0],
+                   seconds=time.perf_counter() - start)

@@ -7,7 +7,7 @@ metric. Each round:
 1. one batched sweep: the current circuit with each remaining item removed
    alone -> the fraction recovered without it;
 2. the items whose lone removal keeps the fraction >= target are sorted by
-   their effect (fraction lost), smallest first;
+   their effect (fraction lost), smallest first (an undefined effect, NaN, last);
 3. one batched sweep over the prefixes of that order (the 2, 3, ... smallest
    removed together); the longest prefix that keeps the fraction >= target
    is removed (the single smallest needs no extra run: step 1 measured it).
@@ -25,9 +25,12 @@ from one sweep.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+
+from circuitry.jsonable import finite_or_none
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ class PruneRound:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
+        """recovered is null when it is undefined (NaN)."""
         return {"stage": self.stage, "candidates": self.candidates, "removed": list(self.removed),
-                "recovered": self.recovered, "interventions": self.interventions,
+                "recovered": finite_or_none(self.recovered), "interventions": self.interventions,
                 "seconds": round(self.seconds, 4)}
 
 
@@ -73,12 +77,26 @@ def _grid(n: int) -> list[int]:
     return sorted(sizes)
 
 
+def _smallest_first(effect: float) -> tuple[bool, float]:
+    """Sort key of an effect: smallest first, NaN last."""
+    return (True, 0.0) if math.isnan(effect) else (False, effect)
+
+
 def _between(lo: int, hi: int) -> list[int]:
     """Up to REFINE lengths evenly spaced strictly between lo and hi."""
     inside = list(range(lo + 1, hi))
     if len(inside) <= REFINE:
         return inside
     return sorted({inside[round(i * (len(inside) - 1) / (REFINE - 1))] for i in range(REFINE)})
+
+
+def _sweep_prefixes(evaluate: Evaluate, removed: list, eligible: list, lengths: list[int],
+                    values: dict[int, float]) -> None:
+    """One sweep: the circuit without `removed` and the first k eligible items, for each k of `lengths`;
+    the fractions go into values[k]."""
+    if lengths:
+        for k, v in zip(lengths, evaluate([tuple(removed) + tuple(eligible[:k]) for k in lengths])):
+            values[k] = v
 
 
 def prune_greedy(items: Sequence[Hashable], evaluate: Evaluate, target: float, *, start: float = 1.0,
@@ -100,25 +118,19 @@ def prune_greedy(items: Sequence[Hashable], evaluate: Evaluate, target: float, *
         singles = evaluate([tuple(removed) + (c,) for c in kept])
         effects = {c: current - r for c, r in zip(kept, singles)}
         alone = dict(zip(kept, singles))
-        eligible = sorted((c for c in kept if alone[c] >= target), key=lambda c: effects[c])
+        eligible = sorted((c for c in kept if alone[c] >= target), key=lambda c: _smallest_first(effects[c]))
         n_evals = len(kept)
         if not eligible:
             rounds.append(PruneRound(stage, len(kept), (), current, n_evals, time.perf_counter() - t))
             break
         values = {1: alone[eligible[0]]}
         n = len(eligible)
-
-        def sweep(lengths: list[int]) -> None:
-            if lengths:
-                for k, v in zip(lengths, evaluate([tuple(removed) + tuple(eligible[:k]) for k in lengths])):
-                    values[k] = v
-
-        sweep(list(range(2, n + 1)) if n <= EXHAUSTIVE else _grid(n))
+        _sweep_prefixes(evaluate, removed, eligible, list(range(2, n + 1)) if n <= EXHAUSTIVE else _grid(n), values)
         if n > EXHAUSTIVE:
             lo = max(k for k, v in values.items() if v >= target)
             failing = [k for k, v in values.items() if k > lo and v < target]
             if failing:
-                sweep(_between(lo, min(failing)))
+                _sweep_prefixes(evaluate, removed, eligible, _between(lo, min(failing)), values)
         n_evals += len(values) - 1
         k = max(k for k, v in values.items() if v >= target)
         gone = eligible[:k]

@@ -10,27 +10,50 @@ Checks (those that apply to the circuit found):
   the circuit has none: the node whose removal costs most), change in the metric;
 - an intervention check: mean-patching every kept edge together;
 - a faithfulness check: the fraction of the metric the nodes recover with every
-  other component mean-ablated.
+  other component mean-ablated (1 by definition when the circuit is the whole model).
 
 Margin rule (margin m, default 0.2): a measured value v gives the bound
 `>= v - m|v|` (for a negative change: `<= v + m|v|`), rounded outwards to 3
 decimals; a composition ratio r (score / random baseline) gives
 `ratio_to_baseline >= 1 + (r - 1)(1 - m)`, keeping (1 - m) of the excess over
 the baseline. The values come from `circuitry.verify` run on a draft of the
-spec, so the written spec measures exactly what was measured here.
+spec; the written spec is then checked on that same verified run (its model,
+batch, clean run and swept values: no model runs again), so it measures
+exactly what was measured. A check whose value is not a finite number is left
+out (a comment and a warning say so).
+
+Problems of the draft are never reported at the draft's own `<string>:line:col`:
+they are told in the user's terms (the data, the model, the check and what it
+measures).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import yaml
+
+from circuitry.checks import VerifiedRun
+from circuitry.diagnostics import collecting, warn
+from circuitry.discovery.records import Circuit, MeasuredCheck
+from circuitry.errors import CircuitryError, UsageError
+from circuitry.jsonable import strict_dumps
+from circuitry.sources import split_ref
+from circuitry.spec import load_spec
+from circuitry.spec.format import CircuitSpec
+from circuitry.spec.loader import SpecError
+from circuitry.verify import verify
 
 PLACEHOLDER = ">= -1000000"
 MIN_COMPOSITION_RATIO = 1.2  # edges with a weaker composition get no composition check
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # dropped from a model file's name in spec names
 
 
+# ------------------------------------------------------------------ thresholds
 def _floor3(x: float) -> float:
     return math.floor(x * 1000 + 1e-9) / 1000
 
@@ -41,6 +64,8 @@ def _ceil3(x: float) -> float:
 
 def bound(value: float, margin: float) -> str:
     """The expectation for a measured value: >= v - m|v| (v >= 0), <= v + m|v| (v < 0)."""
+    if not math.isfinite(value):
+        raise ValueError(f"no bound for the non-finite value {value!r}")
     if value >= 0:
         return f">= {_floor3(value - margin * abs(value)):.3f}"
     return f"<= {_ceil3(value + margin * abs(value)):.3f}"
@@ -48,16 +73,71 @@ def bound(value: float, margin: float) -> str:
 
 def ratio_bound(ratio: float, margin: float) -> str:
     """The expectation for a composition ratio r (> 1): >= 1 + (r - 1)(1 - m)."""
+    if not math.isfinite(ratio):
+        raise ValueError(f"no bound for the non-finite ratio {ratio!r}")
     return f">= {_floor3(1 + (ratio - 1) * (1 - margin)):.3f}"
 
 
 def _q(value: Any) -> str:
-    """A YAML flow value (JSON is valid YAML)."""
-    return json.dumps(value)
+    """A YAML flow value: strict JSON, which is valid YAML (a NaN or infinite number is refused)."""
+    return strict_dumps(value, indent=None)
 
 
-def plan_checks(circuit, role_detectors) -> list[dict]:
-    """The checks to write, as spec mappings without `expect`, plus the margin rule under `_rule`."""
+# ------------------------------------------------------------------ names and model paths
+def model_short_name(ref: str) -> str:
+    """The short name of a model reference: 'builtin:attn-only-2l' -> 'attn-only-2l', a path -> the name of
+    its file (without .safetensors ...) or directory, 'hf:EleutherAI/pythia-70m' -> 'pythia-70m'."""
+    _, rest = split_ref(ref)
+    tail = PurePosixPath(rest.replace("\\", "/").rstrip("/") or "model").name
+    stem, dot, suffix = tail.rpartition(".")
+    return stem if dot and f".{suffix}" in MODEL_SUFFIXES and stem else tail
+
+
+def spec_name(task: str, model_ref: str) -> str:
+    """The spec's name: the task and the model's short name, sanitized (never a path)."""
+    short = re.sub(r"[^A-Za-z0-9_.\-]+", "-", model_short_name(model_ref)).strip("-.")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"{task}-{short or 'model'}").strip("-.")
+
+
+def absolute_model(ref: str) -> str:
+    """A reference to a local model (a path, `file:`, `hf:` or `tl:` PATH) with the path made absolute;
+    any other reference unchanged."""
+    scheme, rest = split_ref(ref)
+    if scheme not in ("file", "hf", "tl") or not rest or not Path(rest).exists():
+        return ref
+    path = str(Path(rest).resolve())
+    return path if ref == rest else f"{scheme}:{path}"
+
+
+def model_for_spec(ref: str, spec_dir: str | Path) -> str:
+    """The `model:` of a spec written in `spec_dir`: a local model inside that directory as a path relative
+    to it (specs read relative paths from their directory first); anything else unchanged."""
+    scheme, rest = split_ref(ref)
+    if scheme not in ("file", "hf", "tl") or not rest or not Path(rest).is_absolute():
+        return ref
+    try:
+        rel = Path(rest).relative_to(Path(spec_dir).resolve())
+    except ValueError:
+        return ref
+    if str(rel) == ".":
+        return ref
+    return rel.as_posix() if ref == rest else f"{scheme}:{rel.as_posix()}"
+
+
+def spec_text_at(circuit: Circuit, path: str | Path) -> str:
+    """The circuit's spec as written to `path`: its `model:` relative to the spec's directory when the
+    model lies inside it (`model_for_spec`)."""
+    moved = model_for_spec(circuit.model, Path(path).parent)
+    if moved == circuit.model:
+        return circuit.spec_text
+    old, new = f"model: {_q(circuit.model)}", f"model: {_q(moved)}"
+    return "\n".join(new if line == old else line for line in circuit.spec_text.split("\n"))
+
+
+# ------------------------------------------------------------------ the checks
+def plan_checks(circuit: Circuit, role_detectors: Sequence[str]) -> list[dict]:
+    """The checks to write, as spec mappings without `expect`; `_rule` (bound or ratio) and `_what`
+    (what the measured value is) are for the writer."""
     checks: list[dict] = []
     roles = {n.role for n in circuit.nodes}
     for role in role_detectors:
@@ -87,6 +167,21 @@ def plan_checks(circuit, role_detectors) -> list[dict]:
     return checks
 
 
+def purpose(check: dict) -> str:
+    """What a planned check measures, in words ('zero-ablating L0H0, L0H2: change in loss')."""
+    kind = check["kind"]
+    if kind == "detector":
+        return f"the {check['detector']} scores of the heads with that role"
+    if kind == "composition":
+        return f"the composition of the edges {', '.join(check['edges'])}"
+    if kind == "intervention":
+        return f"{check['intervention']}-ablating {', '.join(check['target'])}: change in {check['metric']}"
+    if kind == "faithfulness":
+        return f"the fraction of {check['metric']} the circuit's nodes recover"
+    return kind
+
+
+# ------------------------------------------------------------------ rendering
 def _expect_yaml(check: dict, expect: str) -> str:
     if check["kind"] == "composition":
         return f"{{ratio_to_baseline: {_q(expect)}}}"
@@ -95,25 +190,58 @@ def _expect_yaml(check: dict, expect: str) -> str:
     return _q(expect)
 
 
-def _pct(x: float) -> str:
+def _plain(text: str) -> str:
+    """A string as a YAML value: plain when YAML reads it back as that string (previous_token), else quoted."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) and yaml.safe_load(text) == text:
+        return text
+    return _q(text)
+
+
+def _pct(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
 
-def render(circuit, checks: list[dict], expects: dict[str, str], name: str,
-           measured: dict[str, float] | None = None) -> str:
-    """The spec's YAML text, with comments on how it was found and how thresholds were set."""
+def _node_comment(circuit: Circuit, node) -> str:
+    """Why a node has its role (or none), its scores, and what removing it costs."""
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in node.scores.items())
+    if not node.name.startswith("L"):
+        why = "MLP (no detector role)"
+    elif node.role:
+        why = scores
+    else:
+        why = f"no detector role (every role score < {circuit.role_threshold:g})" + (f": {scores}" if scores else "")
+    return f"{why}; removing it alone loses {_pct(node.effect)} of the effect"
+
+
+def _header(circuit: Circuit, name: str, omitted: dict[str, float]) -> list[str]:
+    """The comment lines on top of the spec: how the circuit was found and how thresholds were set."""
     m = circuit.margin
     lines = [
         f"# {name}: a circuit found by `circuitry discover` for the task {circuit.task!r}.",
-        f"# Pruning: greedy rounds of batched sweeps remove components (mean-ablated) and then",
+        "# Pruning: greedy rounds of batched sweeps remove components (mean-ablated) and then",
         f"# Q/K/V edges (mean-patched) while the circuit recovers >= {circuit.target:g} of the task",
         f"# metric {circuit.metric!r} ((ablated - circuit) / (ablated - clean)): clean {circuit.metric_clean:.4f},",
-        f"# every component ablated {circuit.metric_ablated:.4f}; the nodes recover "
-        f"{circuit.recovered_nodes:.3f}, the nodes with only",
+        (f"# every component ablated {circuit.metric_ablated:.4f}; the nodes recover "
+         f"{circuit.recovered_nodes:.3f}, the nodes with only"),
         f"# the edges below {circuit.recovered:.3f}.",
+    ]
+    if circuit.whole_model:
+        lines.append("# Every component is needed: the circuit is the whole model, so nothing is ablated and it "
+                     "recovers the metric by definition.")
+    lines += [
         f"# Thresholds: from the values measured on this model with margin m = {m:g}: a measured value v",
         "# gives '>= v - m|v|' (a negative change: '<= v + m|v|'), rounded outwards to 3 decimals; a",
         "# composition ratio r (score / random baseline) gives 'ratio_to_baseline >= 1 + (r - 1)(1 - m)'.",
+    ]
+    lines += [f"# Not written: check {cid!r}, measured {v!r} (no finite value to bound)." for cid, v in omitted.items()]
+    return lines
+
+
+def render(circuit: Circuit, checks: list[dict], expects: dict[str, str], name: str,
+           measured: dict[str, float] | None = None, omitted: dict[str, float] | None = None) -> str:
+    """The spec's YAML text, with comments on how it was found and how thresholds were set."""
+    lines = [
+        *_header(circuit, name, omitted or {}),
         "apiVersion: circuitry/v1",
         "kind: CircuitSpec",
         "metadata:",
@@ -126,10 +254,7 @@ def render(circuit, checks: list[dict], expects: dict[str, str], name: str,
         "circuit:",
         "  nodes:",
     ]
-    for n in circuit.nodes:
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in n.scores.items())
-        lines.append(f"    {n.name}: {n.role}  # {scores + '; ' if scores else ''}removing it alone loses "
-                     f"{_pct(n.effect)} of the effect")
+    lines += [f"    {n.name}: {_plain(n.role)}  # {_node_comment(circuit, n)}" for n in circuit.nodes]
     if circuit.edges:
         lines.append("  edges:")
         for e in circuit.edges:
@@ -138,10 +263,8 @@ def render(circuit, checks: list[dict], expects: dict[str, str], name: str,
     lines.append("checks:")
     for c in checks:
         lines.append(f"  - id: {c['id']}")
-        for key, value in c.items():
-            if key in ("id",) or key.startswith("_"):
-                continue
-            lines.append(f"    {key}: {_q(value) if not isinstance(value, str) else value}")
+        lines += [f"    {key}: {value if isinstance(value, str) else _q(value)}" for key, value in c.items()
+                  if key != "id" and not key.startswith("_")]
         comment = ""
         if measured is not None and c["id"] in measured:
             comment = f"  # measured ({c['_what']}): {measured[c['id']]:.4g}"
@@ -149,10 +272,10 @@ def render(circuit, checks: list[dict], expects: dict[str, str], name: str,
     return "\n".join(lines) + "\n"
 
 
-def _description(circuit) -> str:
+def _description(circuit: Circuit) -> str:
     roles: dict[str, list[str]] = {}
     for n in circuit.nodes:
-        roles.setdefault(n.role, []).append(n.name)
+        roles.setdefault(n.role or "no role", []).append(n.name)
     parts = [f"{role} {', '.join(ns)}" for role, ns in roles.items()]
     kinds = sorted({e.kind for e in circuit.edges})
     edges = f"; {len(circuit.edges)} {'/'.join(kinds)} edges" if circuit.edges else ""
@@ -160,26 +283,103 @@ def _description(circuit) -> str:
             f"{circuit.recovered_nodes:.2f} of {circuit.metric} (nodes only).")
 
 
-def spec_name(task: str, model_name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"{task}-{model_name or 'model'}").strip("-")
+# ------------------------------------------------------------------ the draft's problems in the user's terms
+def data_ref(data: dict) -> str:
+    """A data mapping as a `--data` reference: 'repeated:batch=64,seq_len=10'."""
+    params = ",".join(f"{k}={v}" for k, v in data.items() if k != "name")
+    return f"{data.get('name', '?')}:{params}" if params else str(data.get("name", "?"))
 
 
-def build_spec(circuit, model, name: str | None = None, manager=None):
-    """(spec text, measured checks): draft spec -> verify measures each check -> thresholds."""
-    from circuitry.discovery.core import ROLE_DETECTORS, MeasuredCheck
-    from circuitry.spec import load_spec
-    from circuitry.verify import verify
+def _in_user_terms(error: SpecError, circuit: Circuit, checks: list[dict], name: str) -> str:
+    """One problem of the draft spec, told by what caused it rather than where the draft says it."""
+    path, message = tuple(error.path or ()), error.message
+    head = path[0] if path else None
+    if head == "data":
+        return f"the data {data_ref(dict(circuit.data))}: {message}"
+    if head == "reference_data":
+        return f"the reference data for mean ablations {data_ref(dict(circuit.reference_data))}: {message}"
+    if head == "model":
+        return f"the model {circuit.model}: {message}"
+    if head == "metadata":
+        return f"the spec's name {name!r}: {message}"
+    if head == "checks" and len(path) > 1 and isinstance(path[1], int) and path[1] < len(checks):
+        check = checks[path[1]]
+        return f"the check {check['id']!r} ({purpose(check)}): {message}"
+    if head == "circuit":
+        return f"the circuit found ({', '.join(n.name for n in circuit.nodes)}): {message}"
+    return message
 
-    name = name or spec_name(circuit.task, model.cfg.name)
-    detectors = (manager.detectors() if manager is not None else {})
-    checks = plan_checks(circuit, [d for d in ROLE_DETECTORS if not detectors or d in detectors])
+
+def _user_error(exc: SpecError, circuit: Circuit, checks: list[dict], name: str) -> UsageError:
+    """The draft's SpecError (one or several) as a UsageError in the user's terms."""
+    errors = getattr(exc, "errors", None) or [exc]
+    lines = list(dict.fromkeys(_in_user_terms(e, circuit, checks, name) for e in errors))
+    return UsageError(f"cannot measure the checks of the discovered circuit of task {circuit.task!r} on "
+                      f"{circuit.model}:\n" + "\n".join(lines))
+
+
+def _rewarn(found: list[str]) -> None:
+    """The draft's warnings again, without its `<string>:line:col`."""
+    for message in found:
+        bare = re.sub(r"^<string>:\d+:\d+: ", "", message)
+        warn(message if bare == message else f"measuring the discovered spec: {bare}")
+
+
+# ------------------------------------------------------------------ measuring
+def _draft_report(circuit: Circuit, model, checks: list[dict], name: str, manager):
+    """verify on the draft spec (placeholder expectations): the report with its shared run."""
     draft = render(circuit, checks, {c["id"]: PLACEHOLDER for c in checks}, name)
-    report = verify(load_spec(text=draft), model=model, manager=manager)
-    measured = {c.id: float(c.value) for c in report.checks}
-    expects = {}
-    for c in checks:
-        v = measured[c["id"]]
-        expects[c["id"]] = ratio_bound(v, circuit.margin) if c["_rule"] == "ratio" else bound(v, circuit.margin)
-    text = render(circuit, checks, expects, name, measured)
-    load_spec(text=text)  # the written spec must load
-    return text, [MeasuredCheck(c["id"], c["kind"], measured[c["id"]], expects[c["id"]]) for c in checks]
+    with collecting() as found:
+        try:
+            report = verify(load_spec(text=draft, manager=manager), model=model, manager=manager)
+        except SpecError as exc:
+            raise _user_error(exc, circuit, checks, name) from None
+    _rewarn(found)
+    return report
+
+
+def measure_on(run: VerifiedRun, spec: CircuitSpec) -> list:
+    """The results of `spec`'s checks on an existing verified run of the same model and data: its clean run,
+    reference batch and swept values are reused, so no model runs again. Every sweep a check plans must
+    already be in the run (the spec's checks are the run's, with other expectations)."""
+    again = VerifiedRun(spec, run.model, run.batch, run.manager)
+    again.clean, again.reference_batch, again.swept = run.clean, run.reference_batch, dict(run.swept)
+    results = []
+    for check in spec.checks:
+        kind = run.manager.get("circuitry_check_kinds", check.kind)
+        plan = kind.plan(again, check)
+        missing = [s.key for s in plan.sweeps if s.key not in again.swept]
+        if missing:
+            raise CircuitryError(f"internal error: check {check.id!r} needs sweeps the verified run does not "
+                                 f"hold: {', '.join(missing)}")
+        results.append(kind.measure(again, check, plan))
+    return results
+
+
+def build_spec(circuit: Circuit, model, role_detectors: Sequence[str], name: str,
+               manager) -> tuple[str, list[MeasuredCheck]]:
+    """(spec text, measured checks): draft spec -> verify measures each check -> thresholds -> the written
+    spec checked on the same verified run."""
+    checks = plan_checks(circuit, role_detectors)
+    report = _draft_report(circuit, model, checks, name, manager)
+    measured = {c.id: (math.nan if c.value is None else float(c.value)) for c in report.checks}
+    omitted = {c["id"]: measured[c["id"]] for c in checks if not math.isfinite(measured[c["id"]])}
+    for cid, value in omitted.items():
+        warn(f"discover: check {cid!r} ({purpose(next(c for c in checks if c['id'] == cid))}) measured "
+             f"{value!r} on {circuit.model}, no finite value to bound: it is left out of the spec")
+    kept = [c for c in checks if c["id"] not in omitted]
+    if not kept:
+        raise CircuitryError(f"no check of the discovered circuit measured a finite value on {circuit.model}: "
+                             f"no spec written")
+    expects = {c["id"]: (ratio_bound if c["_rule"] == "ratio" else bound)(measured[c["id"]], circuit.margin)
+               for c in kept}
+    text = render(circuit, kept, expects, name, measured, omitted)
+    try:
+        written = load_spec(text=text, manager=manager)
+    except SpecError as exc:
+        raise _user_error(exc, circuit, kept, name) from None
+    failed = [r for r in measure_on(report.run, written) if not r.passed]
+    if failed:
+        raise CircuitryError("internal error: the discovered spec fails on the run it was measured on: " +
+                             "; ".join(f"{r.id} measured {r.value!r}, expected {r.expect}" for r in failed))
+    return text, [MeasuredCheck(c["id"], c["kind"], measured[c["id"]], expects[c["id"]]) for c in kept]
