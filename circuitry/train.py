@@ -64,8 +64,8 @@ class TrainRecipe:
             raise UsageError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.n_heads})")
         if not 0 <= self.seed < 2**63 - 1:
             raise UsageError(f"--seed must lie in 0..{2**63 - 2}, got {self.seed}")
-        if not self.weight_decay >= 0:
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise UsageError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise UsageError("--checkpoint-every must be >= 1")
 

@@ -127,8 +127,9 @@ def test_weight_decay_option_is_recorded(tmp_path, capsys):
     (["--steps", "0"], "steps must be >= 1"),
     (["--d-model", "30"], "--d-model (30) must be a multiple of --heads (4)"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
-    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
-    (["--weight-decay", "nan"], "--weight-decay must be >= 0"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0"),
 ])
 def test_bad_training_arguments(argv, words, tmp_path, capsys):
     rc = main(["train", *argv, "--out", str(tmp_path / "x")])
