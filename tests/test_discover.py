@@ -32,10 +32,10 @@ from circuitry.discovery import (
     ratio_bound,
     resolve_task,
     spec_name,
+    specfile,
     task_data,
     task_effect_required,
 )
-from circuitry.discovery import specfile
 from circuitry.discovery.core import _weakest_first, require_task
 from circuitry.discovery.prune import PruneRound, _smallest_first
 from circuitry.discovery.specfile import measure_on

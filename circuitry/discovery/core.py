@@ -288,7 +288,8 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
     say = progress or (lambda message: None)
     start = time.perf_counter()
     model.eval()
-    ref = absolute_model(model_ref or model.source or model.cfg.name or "model")
+    given = model_ref or model.source or model.cfg.name or "model"
+    ref = absolute_model(given)
     spec_data, ref_data = task_data(task, data, manager)
     with _count_passes(model) as passes, torch.inference_mode():
         batch, ref_batch = _batches(model, spec_data, ref_data, manager)
@@ -304,7 +305,7 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
         t_prune = time.perf_counter()
         say("nodes: ablating every component")
         sweeper.ablated_value = sweeper.values([_ablation(every)])[0]
-        require_task(ref, task, metric, spec_data, sweeper.clean_value, sweeper.ablated_value)
+        require_task(given, task, metric, spec_data, sweeper.clean_value, sweeper.ablated_value)
         effect = sweeper.ablated_value - sweeper.clean_value
 
         def eval_nodes(sets: list[tuple]) -> list[float]:
