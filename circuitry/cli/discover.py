@@ -55,15 +55,15 @@ def run(args: argparse.Namespace, out) -> int:
     if not 0 < args.target <= 1:
         raise UsageError(f"--target must lie in (0, 1], got {args.target}")
     model = load_model(args.model, device=args.device)
-    with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
-                  console=out.err, transient=True) as progress:
-        task = progress.add_task("loading", total=None)
-        try:
+    try:
+        with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
+                      console=out.err, transient=True) as progress:
+            task = progress.add_task("loading", total=None)
             circuit = discover(model, args.task, args.data, target=args.target, margin=args.margin,
                                role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
                                progress=lambda message: progress.update(task, description=message))
-        except TaskNotDone as finding:
-            return refuse(finding, args, out)
+    except TaskNotDone as finding:
+        return refuse(finding, args, out)
     if args.out:
         write_spec(circuit, args.out)
     if args.json:

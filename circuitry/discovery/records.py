@@ -99,8 +99,8 @@ class Circuit:
     seconds: float
     checks: tuple[MeasuredCheck, ...]
     spec_text: str  # the spec as printed (a local model path absolute; `write_spec` relocates it)
-    name: str = ""  # the spec's metadata.name
-    components: int = 0  # heads and MLPs of the model
+    name: str  # the spec's metadata.name
+    components: int  # heads and MLPs of the model
 
     @property
     def whole_model(self) -> bool:
