@@ -42,6 +42,7 @@ from circuitry.diagnostics import collecting, warn
 from circuitry.discovery.records import Circuit, MeasuredCheck
 from circuitry.errors import CircuitryError, UsageError
 from circuitry.jsonable import strict_dumps
+from circuitry.names import parse_component
 from circuitry.sources import split_ref
 from circuitry.spec import load_spec
 from circuitry.spec.format import CircuitSpec
@@ -204,7 +205,7 @@ def _pct(x: float | None) -> str:
 def _node_comment(circuit: Circuit, node) -> str:
     """Why a node has its role (or none), its scores, and what removing it costs."""
     scores = ", ".join(f"{k} {v:.3f}" for k, v in node.scores.items())
-    if not node.name.startswith("L"):
+    if parse_component(node.name).kind == "mlp":
         why = "MLP (no detector role)"
     elif node.role:
         why = scores
