@@ -316,12 +316,12 @@ class HookedTransformer(nn.Module):
         return self
 
     def with_config(self, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
-        """Rebuild the modules for a new config and load `state` into them."""
-        device = self.device
+        """Rebuild the modules for a new config and load `state` into them (same device and dtype)."""
+        device, dtype = self.device, self.embed.W_E.dtype
         for name in list(self._modules):
             delattr(self, name)
         self._build(cfg)
-        self.to(device)
+        self.to(device=device, dtype=dtype)
         self.load_state_dict(state, strict=True)
 
     def replace_config(self, **changes) -> ModelConfig:
