@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from circuitry.budget import require, run_bytes
 from circuitry.errors import InputError, UsageError
 from circuitry.graph.paths import Path, format_path, parse_path, path_kind
 from circuitry.names import head_index, head_name, mlp_name
@@ -140,6 +141,10 @@ class Decomposition:
         self.model, self.cfg = model, cfg
         self.tokens = model.check_tokens(tokens)  # [batch, pos]
         L = cfg.n_layers
+        b, p = self.tokens.shape
+        # a cached run, and every head's output [batch, pos, head, d_model] per layer while propagating
+        require(run_bytes(cfg, b, p) + 4 * b * p * L * cfg.n_heads * cfg.d_model,
+                f"the decomposition of {b} x {p} tokens")
         norm = cfg.normalization
         self._centre = norm in ("LN", "LNPre")
         names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
