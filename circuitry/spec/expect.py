@@ -19,7 +19,9 @@ _OPS = {
     "<=": lambda v, x: v <= x,
     "<": lambda v, x: v < x,
 }
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# one way to match each number (`\d+(?:\.\d*)?`, not `\d+\.?\d*`), so a long run of digits that does not
+# fit is refused in linear time instead of backtracking over every split of the digits
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _CMP_RE = rf"\s*(>=|<=|>|<)\s*({_NUM})\s*"
 _EQ_RE = rf"\s*==\s*({_NUM})\s*(?:(?:\+-|±)\s*({_NUM}))?\s*"
 _RANGE_RE = rf"\s*({_NUM})\s*\.\.\s*({_NUM})\s*"
@@ -32,6 +34,12 @@ SYNTAX = "'>= X', '> X', '<= X', '< X', '== X +- TOL', 'A .. B', [A, B] or a num
 
 class ExpectationError(ValueError):
     """Raised with a message saying what was expected."""
+
+
+def _show(raw) -> str:
+    """repr(raw), shortened to a readable fragment (a message quotes what was written, not all of it)."""
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -65,14 +73,14 @@ class Expectation:
 
 def _finite(x: float, raw) -> float:
     if not math.isfinite(x):
-        raise ExpectationError(f"expectation {raw!r}: bounds must be finite numbers, got {x}")
+        raise ExpectationError(f"expectation {_show(raw)}: bounds must be finite numbers, got {x}")
     return x
 
 
 def parse_expectation(raw) -> Expectation:
     """Parse a string, number or two-element list into an `Expectation`."""
     if isinstance(raw, bool) or raw is None:
-        raise ExpectationError(f"expected an expectation ({SYNTAX}), got {raw!r}")
+        raise ExpectationError(f"expected an expectation ({SYNTAX}), got {_show(raw)}")
     if isinstance(raw, (int, float)):
         return Expectation(">=", _finite(float(raw), raw))
     if isinstance(raw, list):
@@ -81,21 +89,21 @@ def parse_expectation(raw) -> Expectation:
             if lo > hi:
                 raise ExpectationError(f"range [{lo:g}, {hi:g}] is empty: the lower bound is above the upper")
             return Expectation("range", lo, hi)
-        raise ExpectationError(f"a range is a list of two numbers [low, high], got {raw!r}")
+        raise ExpectationError(f"a range is a list of two numbers [low, high], got {_show(raw)}")
     if isinstance(raw, dict):
-        raise ExpectationError(f"expected an expectation ({SYNTAX}), got a mapping {raw!r}")
+        raise ExpectationError(f"expected an expectation ({SYNTAX}), got a mapping {_show(raw)}")
     if not isinstance(raw, str):
-        raise ExpectationError(f"expected an expectation ({SYNTAX}), got {type(raw).__name__} {raw!r}")
+        raise ExpectationError(f"expected an expectation ({SYNTAX}), got {type(raw).__name__} {_show(raw)}")
     if m := _CMP.match(raw):
         return Expectation(m.group(1), _finite(float(m.group(2)), raw))
     if m := _EQ.match(raw):
         tol = float(m.group(2)) if m.group(2) else 0.0
         if tol < 0:
-            raise ExpectationError(f"expectation {raw!r}: the tolerance after '+-' must not be negative")
+            raise ExpectationError(f"expectation {_show(raw)}: the tolerance after '+-' must not be negative")
         return Expectation("==", _finite(float(m.group(1)), raw), _finite(tol, raw))
     if m := _RANGE.match(raw):
         lo, hi = _finite(float(m.group(1)), raw), _finite(float(m.group(2)), raw)
         if lo > hi:
-            raise ExpectationError(f"range {raw!r} is empty: the lower bound is above the upper")
+            raise ExpectationError(f"range {_show(raw)} is empty: the lower bound is above the upper")
         return Expectation("range", lo, hi)
-    raise ExpectationError(f"cannot read expectation {raw!r}; write {SYNTAX}")
+    raise ExpectationError(f"cannot read expectation {_show(raw)}; write {SYNTAX}")

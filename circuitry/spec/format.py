@@ -26,11 +26,12 @@ in one run, in line order.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from circuitry.errors import did_you_mean
+from circuitry.errors import UsageError, did_you_mean
 from circuitry.names import EDGE_DOC, EDGE_KINDS, EDGE_PATTERN, NODE_DOC, NODE_PATTERN, Edge, parse_edge
 from circuitry.spec.expect import Expectation, parse_expectation
 from circuitry.spec.loader import Document, SpecError, load_document, load_file, raise_all
@@ -80,8 +81,26 @@ def _plugin_name(hook: str, what: str, doc: str) -> Str:
     return Str(dynamic=_plugin_names(hook), check=_lookup(hook, what), what=what, doc=doc)
 
 
-NODE = Str(doc=NODE_DOC, pattern=NODE_PATTERN, pattern_doc=NODE_DOC)
-EDGE_STR = Str(doc=EDGE_DOC, pattern=EDGE_PATTERN, pattern_doc=EDGE_DOC, check=parse_edge)
+MAX_DIGITS = 9  # of a layer, head or token id written in a name: more is no model's
+
+
+def short_numbers(text: str) -> None:
+    """A UsageError for a name whose number is too long to be a layer, head or token id (such a number
+    would also exceed what Python converts from text)."""
+    m = re.search(r"\d{%d,}" % (MAX_DIGITS + 1), text)
+    if m:
+        raise UsageError(f"{_show(text)}: a layer, head or token id has at most {MAX_DIGITS} digits, "
+                         f"this one has {len(m.group())}")
+
+
+def _edge_text(text: str) -> None:
+    """Check an edge written as text: its numbers (`short_numbers`), its syntax and kinds (`parse_edge`)."""
+    short_numbers(text)
+    parse_edge(text)
+
+
+NODE = Str(doc=NODE_DOC, pattern=NODE_PATTERN, pattern_doc=NODE_DOC, check=short_numbers)
+EDGE_STR = Str(doc=EDGE_DOC, pattern=EDGE_PATTERN, pattern_doc=EDGE_DOC, check=_edge_text)
 EDGE_OBJ = Obj({
     "from": Field(NODE, required=True, doc="the sender"),
     "to": Field(NODE, required=True, doc="the receiver (a later head or MLP, or logits for direct)"),
@@ -95,9 +114,10 @@ METRICS = _plugin_name("circuitry_metrics", "metric", "a metric (a plugin name; 
 INTERVENTIONS = _plugin_name("circuitry_interventions", "intervention",
                              "an intervention (a plugin name; `circuitry plugins` lists them)")
 DATASETS = _plugin_name("circuitry_datasets", "dataset", "a dataset (a plugin name; `circuitry plugins` lists them)")
-PATH_TERM = Str(pattern=rf"{NODE_PATTERN}|direct|bias|remainder",
+PATH_TERM = Str(pattern=rf"{NODE_PATTERN}|direct|bias|remainder", check=short_numbers,
                 pattern_doc="a head L{layer}H{head}, an MLP M{layer}, direct, bias or remainder")
-TARGET = AnyOf((Str(pattern=r"correct|\d+", pattern_doc="'correct' or a token id"), Int(minimum=0)),
+TARGET = AnyOf((Str(pattern=r"correct|\d+", pattern_doc="'correct' or a token id", check=short_numbers),
+                Int(minimum=0)),
                doc="the logit to explain: correct (the next token; default) or a token id")
 SCALAR = AnyOf((Str(), Num(), Bool(), ListOf(Str())), doc="a parameter value (a list of strings for text prompts)")
 

@@ -36,14 +36,22 @@ class Mark:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters written as escapes (`\\n`, `\\x1b`,
+    `\\u2028`), so a message that quotes a spec's text stays one line and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
+
+
 class SpecError(UsageError):
-    """An error in a spec, located at file:line:col with the key path."""
+    """An error in a spec, located at file:line:col with the key path; always one line (`one_line`)."""
 
     def __init__(self, mark: Mark | None, path: Path_, message: str) -> None:
-        self.mark, self.path, self.message = mark, path, message
+        self.mark, self.path, self.message = mark, path, one_line(message)
         where = f"{mark}: " if mark else ""
         key = f"{format_path(path)}: " if path else ""
-        super().__init__(f"{where}{key}{message}")
+        super().__init__(one_line(f"{where}{key}{message}"))
 
 
 class SpecErrors(SpecError):

@@ -147,11 +147,11 @@ def _check_str(doc: Document, path: Path_, value: Any, schema: Str, at_key: bool
     elif schema.choices or schema.dynamic:
         choices = list(schema.choices or ()) or (schema.dynamic() if schema.dynamic else [])
         if value not in choices:
-            return [doc.error(path, f"unknown {schema.what} {value!r}{did_you_mean(value, choices)}; "
+            return [doc.error(path, f"unknown {schema.what} {_show(value)}{did_you_mean(value, choices)}; "
                                     f"valid: {', '.join(choices) or '(none registered)'}", at_key=at_key)]
     if schema.pattern and not re.fullmatch(schema.pattern, value):
         return [doc.error(path, f"expected {schema.pattern_doc or 'a string matching ' + schema.pattern}, "
-                                f"got {value!r}", at_key=at_key)]
+                                f"got {_show(value)}", at_key=at_key)]
     return []
 
 
@@ -252,7 +252,7 @@ def _obj_problems(doc: Document, path: Path_, value: Any, fields: Mapping[str, F
         if key not in fields and extra is None:
             suggestion = did_you_mean(str(key), fields)
             meant.update(k for k in fields if suggestion == did_you_mean(k, [k]))
-            out.append(doc.error((*path, key), f"unknown key {key!r}{suggestion}; "
+            out.append(doc.error((*path, key), f"unknown key {_show(key)}{suggestion}; "
                                  f"valid keys: {', '.join(fields)}", at_key=True))
     for key, f in fields.items():
         if f.required and key not in value and key not in meant:  # a misspelt key is reported once
