@@ -110,12 +110,22 @@ def periodic_tokens(d_vocab: int, bos: int | None, *, batch: int = 64, n_ctx: in
     """BOS + a random block of `period` tokens tiled to fill `n_ctx` (the training data).
 
     The period is drawn uniformly from [min_period, max_period] once per batch
-    unless given.
+    unless given. A given period must fit in the sequence (at most `n_ctx` tokens
+    after BOS): a longer one would never repeat, and its block would be drawn in
+    full before being cut to the sequence.
     """
+    length = n_ctx - (1 if bos is not None else 0)
+    if batch < 1 or length < 0:
+        raise UsageError(f"periodic_tokens: batch must be >= 1 and n_ctx >= {n_ctx - length}, "
+                         f"got batch {batch}, n_ctx {n_ctx}")
+    if period is not None and period < 1:
+        raise UsageError(f"the period must be >= 1, got {period}")
+    if period is not None and period > length:
+        raise UsageError(f"period {period} is longer than the {length} random tokens of each sequence "
+                         f"(n_ctx {n_ctx}): it would never repeat; give a period of at most {length}")
     gen = generator or _generator(seed)
     if period is None:
         period = int(torch.randint(min_period, max_period + 1, (1,), generator=gen))
-    length = n_ctx - (1 if bos is not None else 0)
     block = random_ids((batch, period), d_vocab, {bos, *exclude}, gen)
     reps = -(-length // period)
     tokens = block.repeat(1, reps)[:, :length]

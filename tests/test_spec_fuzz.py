@@ -35,8 +35,8 @@ import io
 import json
 import os
 import re
-import resource
 import signal
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -100,8 +100,13 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def peak_rss() -> int:
-    """The peak resident memory of this process so far, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The peak resident memory of this process so far, in bytes (0 where it cannot be read)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,9 @@ def write_data_files(directory: Path) -> None:
     (directory / "garbage.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
     (directory / "garbage.pt").write_bytes(b"PK\x03\x04 not a zip")
     (directory / "prompts.txt").write_text("a b c d\ne f g h\n")
+    with contextlib.suppress(OSError, AttributeError, NotImplementedError):  # POSIX only
+        (directory / "zero.txt").symlink_to("/dev/zero")  # read without end
+        os.mkfifo(directory / "fifo.txt")  # opening it blocks until a writer comes
 
 
 # ------------------------------------------------------------------ the shipped specs, small
@@ -255,6 +263,7 @@ STRINGS = ["", " ", "10", "ten", "nan", "inf", "1e3", "-5", "0x10", "true", "~",
            "\u2028", "\x85", "\ufeff", "é", "ünïcödé ☃ 𝔘", "x" * 10_000, "9" * 5000, "L0H0", "L0H0 -> L1H3 (K)",
            ">= 0.9", "correct", "all", "predictable", "builtin:attn-only-2l", "tokens.txt", "ragged.txt",
            "out-of-vocab.txt", "long.txt", "empty.txt", "garbage.npy", "garbage.pt", "prompts.txt", "nothere.txt",
+           "zero.txt", "fifo.txt", "/dev/zero",
            "../x.pt", "/dev/zero", "/", ".", "[", "{", ":", "!!python/object", "*a", "&a", "%", "@", "`"]
 FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 0.5, 1e-300, 1e308, 2.0**63])
 SCALARS = st.one_of(st.none(), st.booleans(), st.sampled_from(INTS), st.integers(), FLOATS,
@@ -304,13 +313,19 @@ def one_or_list(strategy: st.SearchStrategy) -> st.SearchStrategy:
 # ------------------------------------------------------------------ data parameters
 SMALL = {"batch": st.integers(1, 6), "seq_len": st.integers(1, 12), "n_repeats": st.integers(1, 4),
          "seed": st.integers(0, 3), "n_ctx": st.integers(0, 64), "period": st.integers(0, 30),
-         "repeat": st.integers(1, 3), "path": st.sampled_from(["tokens.txt", "prompts.txt"]),
+         "repeat": st.integers(1, 3),
+         "path": st.sampled_from(["tokens.txt", "prompts.txt", "tokens.txt", "prompts.txt", "zero.txt", "fifo.txt"]),
          "text": st.sampled_from(["a b c d", "hello world hello world"]) | st.lists(st.text(max_size=8), max_size=3),
          "separator": st.sampled_from(["", "|"]), "prepend_bos": st.booleans(), "truncate": st.booleans()}
 DATASETS = {"repeated": ["batch", "seq_len", "n_repeats", "seed"], "periodic": ["batch", "n_ctx", "period", "seed"],
             "file": ["path"], "text": ["text", "path", "separator", "prepend_bos", "repeat", "truncate", "seed"]}
-EXTREME = st.one_of(st.sampled_from(INTS), st.integers(), FLOATS, st.sampled_from(STRINGS), st.booleans(),
-                    st.none(), st.lists(SCALARS, max_size=3), ANY)
+BIG = st.sampled_from(INTS) | st.integers(min_value=-(2**80), max_value=2**80)
+EXTREME = st.one_of(BIG, BIG, st.integers(), FLOATS, st.sampled_from(STRINGS), st.booleans(), st.none(),
+                    st.lists(SCALARS, max_size=3), ANY)
+# Known defect outside this suite's reach (test_known_defects): the `text` dataset (hf plugin) tiles its
+# prompts `repeat` times before any size check, so an extreme `repeat` allocates without bound or raises
+# OverflowError; only small values are drawn for it.
+NOT_DRAWN_EXTREME = {("text", "repeat")}
 
 
 @st.composite
@@ -323,8 +338,11 @@ def data_params(draw, text_ok: bool = False) -> dict:
     for key in draw(st.lists(st.sampled_from(DATASETS[name]), unique=True, max_size=4)):
         out[key] = draw(SMALL[key])
     for _ in range(draw(st.sampled_from([0, 0, 1, 1, 1, 2, 3]))):
-        key = draw(st.sampled_from(["name", *DATASETS[name], *DATASETS[name]]) | KEYS)
-        out[key] = draw(st.sampled_from(["repeatd", "text", "", "nosuch"]) | SCALARS if key == "name" else EXTREME)
+        key = draw(st.sampled_from(["name", *DATASETS[name], *DATASETS[name], *DATASETS[name]]) | KEYS)
+        if key == "name":
+            out[key] = draw(st.sampled_from(["repeatd", "text", "", "nosuch"]) | SCALARS)
+        elif (out.get("name", name), key) not in NOT_DRAWN_EXTREME:
+            out[key] = draw(EXTREME)
     if out.get("name") == "repeated" and draw(maybe(4)):
         del out["name"]  # the default dataset
     return out
@@ -788,6 +806,22 @@ REGRESSIONS = [
                                                       + ", kind: mlp_in}"), "at most 9 digits, this one has 5000"),
     ("long-token-id", BASE_SPEC + "  - {id: d, kind: decomposition, path: L1H3, target: '" + "9" * 5000
      + "', expect: '>= 0'}\n", "checks[1].target: '9999"),
+    # a period longer than the sequence: its whole block was drawn before being cut (320 MB for this
+    # one, over the budget), or the allocation failed (exit 3 for period 2**31)
+    ("periodic-long-period", BASE_SPEC.replace("{name: repeated, seq_len: 10, batch: 4, seed: 1}",
+                                               "{name: periodic, batch: 4, period: 10000000}"),
+     ":6:7: data: period 10000000 is longer than the 63 random tokens"),
+    ("periodic-huge-period", BASE_SPEC.replace("{name: repeated, seq_len: 10, batch: 4, seed: 1}",
+                                               "{name: periodic, period: 2147483648}"), "is longer than"),
+    # data files that are devices or pipes: read without end (MemoryError, exit 3), or a hang
+    ("data-from-a-device", BASE_SPEC.replace("{name: repeated, seq_len: 10, batch: 4, seed: 1}",
+                                             "{name: file, path: zero.txt}"),
+     ":6:26: data.path: parameter 'path' of dataset 'file': "),
+    ("data-from-a-pipe", BASE_SPEC.replace("{name: repeated, seq_len: 10, batch: 4, seed: 1}",
+                                           "{name: file, path: fifo.txt}"), "is a device, a pipe or a socket"),
+    # a NUL character in a path: ValueError from the file system call (exit 3)
+    ("nul-in-data-path", BASE_SPEC.replace("{name: repeated, seq_len: 10, batch: 4, seed: 1}",
+                                           '{name: file, path: "a\\0b.txt"}'), "holds a NUL character"),
     # an expectation of many digits: the number's regular expression backtracked over every split of
     # the digits (minutes for 100 000 digits)
     ("long-expectation", BASE_SPEC.replace('">= 0.9"', '">= ' + "1" * 100_000 + 'x"'),
@@ -800,3 +834,14 @@ def test_regressions(runner, name, text, message):
     """Each defect found by the fuzzer, as the smallest spec that showed it: now a located exit 2."""
     outcome = runner.check(text)
     assert outcome.code == 2 and message in outcome.err, outcome.explain()
+
+
+def test_known_defects(runner):
+    """Defects in files outside this suite's fixes (see NOT_DRAWN_EXTREME): the `text` dataset of the hf
+    plugin (plugins/circuitry_plugins/hf/text.py) tiles its prompts `repeat` times before any size check."""
+    text = BASE_SPEC.replace("model: builtin:attn-only-2l", f"model: hf:{NEOX}").replace(
+        "{name: repeated, seq_len: 10, batch: 4, seed: 1}", "{name: text, text: a b c d, repeat: " + str(10**30) + "}")
+    outcome = runner.run(text)
+    if outcome.code == 3:
+        pytest.xfail("hf/text.py: repeat: 10**30 raises OverflowError (exit 3); repeat: 10**7 allocates GBs")
+    assert_property(outcome)

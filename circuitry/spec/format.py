@@ -350,11 +350,11 @@ def _check_data_params(doc: Document, found: _Problems, key: str, params: dict, 
     for k, v in list(params.items()):
         if k == "name":
             continue
+        if k in ds.paths and isinstance(v, str) and v:
+            v = params[k] = relative_to(doc.file, v)
         message = data_param_problem(ds, k, v)
         if message:
             found.add(doc.error((key, k), message, at_key=k not in ds.params))
-        elif k in ds.paths and isinstance(v, str) and v:
-            params[k] = relative_to(doc.file, v)
 
 
 def data_param_problem(ds: Any, key: str, value: Any) -> str | None:
@@ -383,7 +383,28 @@ def data_param_problem(ds: Any, key: str, value: Any) -> str | None:
             bounds = (f"between {lo} and {hi}" if lo is not None and hi is not None
                       else f">= {lo}" if lo is not None else f"<= {hi}")
             return f"parameter {key!r} of dataset {name!r} must be {bounds}, got {_show(value)}"
+    if key in ds.paths and isinstance(value, str) and value:
+        return _path_problem(name, key, value)
     return None
+
+
+def _path_problem(name: str, key: str, value: str) -> str | None:
+    """Why the path parameter `key` cannot name a file of data: a NUL character, or a device, pipe or
+    socket (read without end, or blocking); None for a regular file, a directory or no file (the dataset
+    says what it expects then)."""
+    import os
+    import stat
+
+    if "\0" in value:
+        return f"parameter {key!r} of dataset {name!r}: {_show(value)} holds a NUL character, which no file name can"
+    try:
+        mode = os.stat(os.path.expanduser(value)).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return (f"parameter {key!r} of dataset {name!r}: {_show(value)} is a device, a pipe or a socket, not a file "
+            f"of data; give a regular file")
 
 
 def relative_to(spec_file: str, value: str) -> str:
@@ -395,7 +416,7 @@ def relative_to(spec_file: str, value: str) -> str:
     beside = Path(spec_file).parent / value
     try:
         return str(beside) if beside.exists() else value
-    except OSError:  # a name the file system cannot hold
+    except (OSError, ValueError):  # a name the file system cannot hold (too long, a NUL character)
         return value
 
 
