@@ -109,6 +109,9 @@ def workdir(tmp_path, monkeypatch):
         (REPO / "circuitry/builtin/attn-only-2l/model.safetensors").read_bytes())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CIRCUITRY_MEMORY_BUDGET", "512MiB")
+    # modules imported lazily (the optimiser's, the plots') are imported before any example can be stopped
+    # by the alarm halfway through an import, which would leave a broken module behind for later examples
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "warm")]) == 0
     return tmp_path
 
 
@@ -175,7 +178,7 @@ def test_generated_command_lines(workdir, capsys):
 
 @pytest.mark.slow
 def test_generated_command_lines_many(workdir, capsys):
-    @_fuzz(examples=2000, derandomize=True)
+    @_fuzz(examples=1000, derandomize=True)
     def prop(argv):
         _check(argv, capsys)
 
