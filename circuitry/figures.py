@@ -322,20 +322,20 @@ def figures_for_verification(spec: CircuitSpec, report: VerificationReport, mode
             from circuitry.sources import load_model
 
             model = load_model(report.model, device=device)
-    same = run is not None and run.model is model and (batch is None or batch is run.batch)
+    shared = run if run is not None and run.model is model and (batch is None or batch is run.batch) else None
     if batch is None:
-        if same:
-            batch = run.batch
+        if shared is not None:
+            batch = shared.batch
         else:
             from circuitry.datasets import make_batch
 
             batch = make_batch(model, spec.data).to(model.device)
     cfg = model.cfg
-    cached = run.clean.cache if same and run.clean is not None else None
+    cached = shared.clean.cache if shared is not None and shared.clean is not None else None
     if cached is None or any(n not in cached for n in pattern_names(model)):
         cached = pattern_cache(model, batch.tokens)  # one cached run for patterns and head detectors
     cache = cached
-    known = run.detector_results if same else {}
+    known = shared.detector_results if shared is not None else {}
     detectors = manager.detectors()
     wanted = [c.options["detector"] for c in spec.checks if c.kind == "detector"]
     wanted += [r for r in spec.nodes.values() if r in detectors]

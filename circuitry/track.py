@@ -229,7 +229,8 @@ def measure(model: HookedTransformer, step: int, path: str, detectors: dict) -> 
     from circuitry.scan import run_detectors
 
     cfg = model.cfg
-    batch = repeated_tokens(cfg.d_vocab, cfg.bos_token_id, **REPEAT_DATA).to(model.device)
+    batch = repeated_tokens(cfg.d_vocab, cfg.bos_token_id, batch=REPEAT_DATA["batch"], seq_len=REPEAT_DATA["seq_len"],
+                            n_repeats=REPEAT_DATA["n_repeats"], seed=REPEAT_DATA["seed"]).to(model.device)
     with torch.inference_mode():
         heads, pairs = run_detectors(model, batch, detectors)
         logits = model(batch.tokens)
@@ -324,7 +325,8 @@ def plot_track(result: TrackResult, path: str | Path) -> Path:
         ax.axvline(result.phase_change.step, color="#c5221f", lw=1, alpha=0.7)
         ax.text(result.phase_change.step, 1.0, f" phase change {result.phase_change.step}", color="#c5221f",
                 fontsize=8, va="top", transform=ax.get_xaxis_transform())
-    handles, labels = [], []
+    handles: list = []
+    labels: list[str] = []
     for a in (ax, ax2):
         h, lab = a.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab

@@ -165,8 +165,9 @@ def _clean_run(run: VerifiedRun, needs: frozenset[str], keep_patterns: bool) -> 
 
     model, tokens = run.model, run.batch.tokens
     patterns = "patterns" in needs or keep_patterns
+    batch, pos = tokens.shape
     try:
-        require(run_bytes(model.cfg, *tokens.shape, patterns=patterns), f"the clean run on {tuple(tokens.shape)} tokens")
+        require(run_bytes(model.cfg, batch, pos, patterns=patterns), f"the clean run on {batch} x {pos} tokens")
     except UsageError as exc:
         raise run.error(_data_key(run.spec, "data"), str(exc)) from None
     scales = [] if model.cfg.normalization is None or "scales" not in needs else (

@@ -102,8 +102,8 @@ def run(args: argparse.Namespace, out) -> int:
     lt = Table()
     lt.add_column("terms kept")
     lt.add_column("loss", justify="right")
-    for s in ladder:
-        lt.add_row(s.name, f"{s.loss:.3f}")
+    for step in ladder:
+        lt.add_row(step.name, f"{step.loss:.3f}")
     out.print(lt)
     out.print(f"model loss {model_loss:.3f}; terms sum to the logits within {sum_error:.1e} (max abs error)")
     return 0

@@ -101,6 +101,7 @@ def task_data(task: Task, data: str | Mapping[str, Any] | None, manager: PluginM
     dataset's defaults. The reference batch is the same data with seed + 1
     (datasets without a seed: the same data).
     """
+    given: dict[str, Any]
     if data is None:
         name, given = task.dataset, {}
     elif isinstance(data, str):

@@ -140,5 +140,5 @@ def prune_greedy(items: Sequence[Hashable], evaluate: Evaluate, target: float, *
         rounds.append(PruneRound(stage, len(kept) + len(gone), tuple(name(c) for c in gone), current, n_evals,
                                  time.perf_counter() - t))
     order = {c: i for i, c in enumerate(items)}
-    return PruneOutcome(tuple(kept), tuple(sorted(removed, key=order.get)),
+    return PruneOutcome(tuple(kept), tuple(sorted(removed, key=lambda c: order[c])),
                         {c: effects.get(c, float("nan")) for c in kept}, current, tuple(rounds))

@@ -71,7 +71,7 @@ def fold_layer_norm(model, center_weights: bool = True) -> None:
             if new.attn_bias:
                 for m, n in (("Q", cfg.n_heads), ("K", cfg.kv_heads), ("V", cfg.kv_heads)):
                     state.setdefault(f"{p}attn.b_{m}", torch.zeros(n, cfg.d_head))
-            if new.mlp_bias and not cfg.attn_only:
+            if new.mlp_bias and cfg.d_mlp is not None:
                 state.setdefault(f"{p}mlp.b_in", torch.zeros(cfg.d_mlp))
                 state.setdefault(f"{p}mlp.b_out", torch.zeros(cfg.d_model))
         model.with_config(new, state)

@@ -25,6 +25,15 @@ from circuitry.model.layers import Block, Norm, init_normal_, rotary_tables
 HookSpec = tuple["str | Callable[[str], bool]", HookFn]
 
 
+class Params(nn.Module):
+    """A module that holds named parameters: embed.W_E, pos_embed.W_pos, unembed.W_U / b_U."""
+
+    W_E: nn.Parameter
+    W_pos: nn.Parameter
+    W_U: nn.Parameter
+    b_U: nn.Parameter
+
+
 class HookedTransformer(nn.Module):
     """Decoder-only transformer with hook points; see `ModelConfig` for the options."""
 
@@ -34,21 +43,22 @@ class HookedTransformer(nn.Module):
         self.source: str | None = None  # where the weights were loaded from
         self.tokenizer = None  # a Hugging Face tokenizer when the model source provides one
         self.trained_positions: int | None = None  # positions the model works in, when its card says so
+        self.tokenizer_note = ""  # why a model has no tokenizer, when its source knows
         if seed is not None:
             self.init_weights(seed)
 
     def _build(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
-        self.embed = nn.Module()
+        self.embed = Params()
         self.embed.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional == "learned":
-            self.pos_embed = nn.Module()
+            self.pos_embed = Params()
             self.pos_embed.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = Norm(cfg.normalization, cfg.d_model, cfg.norm_eps)
-        self.unembed = nn.Module()
+        self.unembed = Params()
         if not cfg.tied_embeddings:
             self.unembed.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
         if cfg.unembed_bias:

@@ -265,11 +265,11 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
         (x - 4, y - 4, x + NODE_W + 4, y + NODE_H + 4) for x, y in pos.values()]
     edge_parts, label_parts = [], []
     lane = 0
-    for (s, r), edges in groups.items():
-        if s not in pos or r not in pos:
+    for (sender, receiver), edges in groups.items():
+        if sender not in pos or receiver not in pos:
             continue
-        sx, sy = pos[s]
-        rx, ry = pos[r]
+        sx, sy = pos[sender]
+        rx, ry = pos[receiver]
         for k, e in enumerate(edges):
             off = (k - (len(edges) - 1) / 2) * 14
             p0 = (sx + NODE_W, sy + NODE_H / 2 + off)
@@ -284,7 +284,8 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
                 d = (f"M{p0[0]:.1f},{p0[1]:.1f} C{a:.1f},{p0[1]:.1f} {p0[0] + 8:.1f},{y_lane:.1f} {a + 24:.1f},"
                      f"{y_lane:.1f} L{b - 24:.1f},{y_lane:.1f} C{p3[0] - 8:.1f},{y_lane:.1f} {b:.1f},{p3[1]:.1f} "
                      f"{p3[0]:.1f},{p3[1]:.1f}")
-                points = [(a + 24 + (b - a - 48) * t, y_lane) for t in (0.5, 0.35, 0.65, 0.2, 0.8)]
+                points: list[tuple[float, float]] = [(a + 24 + (b - a - 48) * t, float(y_lane))
+                                                     for t in (0.5, 0.35, 0.65, 0.2, 0.8)]
             else:
                 dx = max(40.0, (p3[0] - p0[0]) * 0.45)
                 p1, p2 = (p0[0] + dx, p0[1]), (p3[0] - dx, p3[1])

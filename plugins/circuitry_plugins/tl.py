@@ -22,6 +22,7 @@ scaled rotary ...) are refused by name.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,7 @@ def _feature_problem(raw: dict[str, Any]) -> str | None:
 
 def _choice_problem(raw: dict[str, Any]) -> str | None:
     """An activation, normalisation or positional embedding the canonical model does not have."""
-    get = raw.get
+    get: Callable[..., Any] = raw.get
     d_model, d_head, d_vocab = get("d_model"), get("d_head"), get("d_vocab")
     if get("n_heads") in (None, -1) and d_model % d_head:
         return f"d_model {d_model} is not a multiple of d_head {d_head} (and n_heads is not given)"
@@ -212,7 +213,7 @@ def _set(value: Any, default: Any) -> Any:
 
 def _model_fields(raw: dict[str, Any]) -> dict[str, Any]:
     """ModelConfig fields from checked TransformerLens fields (ModelConfig checks the ranges)."""
-    get = raw.get
+    get: Callable[..., Any] = raw.get
     d_model, d_head = get("d_model"), get("d_head")
     attn_only = bool(get("attn_only"))
     n_heads = _set(get("n_heads"), d_model // d_head)
@@ -309,7 +310,7 @@ def find_files(rest: str) -> tuple[Path, Path]:
     """(weights file, config file) for `tl:rest`."""
     path = expand(rest) if rest else None
     kind = probe(path) if path else None
-    if kind is None:
+    if path is None or kind is None:
         raise ModelLoadError(f"tl:{rest}: no such file or directory (expected a directory with a TransformerLens "
                              f"state dict and its config.json)")
     folder = path if kind == "dir" else path.parent
