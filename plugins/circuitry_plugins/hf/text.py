@@ -72,8 +72,12 @@ def text_batch(model, *, text: Any = None, path: str = "", separator: str = "", 
     bos = tok.bos_token_id if prepend_bos else None
     rows = []
     for p in prompts:
-        ids = list(tok.encode(p, add_special_tokens=False)) * repeat
-        rows.append(([bos] if bos is not None else []) + ids)
+        ids = list(tok.encode(p, add_special_tokens=False))
+        length = len(ids) * repeat + (bos is not None)
+        if length > model.cfg.n_ctx:  # before the prompt is tiled: repeat may be huge
+            raise UsageError(f"dataset 'text': a prompt of {len(ids)} tokens repeated {repeat}x makes {length} "
+                             f"positions, more than the model's context of {model.cfg.n_ctx}")
+        rows.append(([bos] if bos is not None else []) + ids * repeat)
     lengths = sorted({len(r) for r in rows})
     if len(lengths) > 1:
         if not truncate:
