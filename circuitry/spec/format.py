@@ -273,7 +273,11 @@ def _edges(doc: Document, found: _Problems, circuit: dict, nodes: dict) -> list[
         path = ("circuit", "edges", i)
         if not found.clean(path):
             continue
-        edge = parse_edge(e)  # valid: the schema checked it
+        try:
+            edge = parse_edge(e)  # the schema checked the syntax; a mapping's kind must still fit its receiver
+        except UsageError as exc:
+            found.add(doc.error(path, str(exc)))
+            continue
         for end in (edge.sender, edge.receiver):
             if end not in nodes and end not in ("embed", "pos_embed", "logits"):
                 found.add(doc.error(path, f"edge {edge} names {end!r}, which is not a node of the circuit"
