@@ -9,6 +9,7 @@ themselves. `SpecErrors` carries every problem of a spec, in line order.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 from circuitry.errors import UsageError
 
 Path_ = tuple  # a key path: ("checks", 2, "expect")
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts lines by
 MAX_NODES = 100_000
 MAX_DEPTH = 64  # nesting of lists and mappings
 _SAFE_TAGS = {
@@ -219,8 +221,8 @@ def load_document(text: str, file: str = "<string>") -> Document:
         mark, problem = _yaml_problem(exc)
         raise SpecError(_mark(file, mark) if mark else None, (), f"invalid YAML: {problem}") from None
     except yaml.reader.ReaderError as exc:
-        before = text[: exc.position]
-        mark = Mark(file, before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        breaks = list(_LINE_BREAK.finditer(text, 0, exc.position))
+        mark = Mark(file, len(breaks) + 1, exc.position - (breaks[-1].end() if breaks else 0) + 1)
         raise SpecError(mark, (), f"invalid YAML: character #x{exc.character:04x} is not allowed "
                                   f"({exc.reason})") from None
     except yaml.YAMLError as exc:
