@@ -14,6 +14,8 @@ NEAR_ZERO = 1e-9  # a total logit smaller than this makes a share meaningless
 
 
 def plan(run, check: Check) -> CheckPlan:
+    from circuitry.budget import require
+    from circuitry.graph.decomposition import decomposition_bytes
     from circuitry.graph.paths import parse_path
 
     try:
@@ -26,6 +28,11 @@ def plan(run, check: Check) -> CheckPlan:
         if not 0 <= target < run.model.cfg.d_vocab:
             raise run.error((*check.path, "target"), f"target token {target} is not a token id of the model "
                                                      f"(0..{run.model.cfg.d_vocab - 1})")
+    b, p = run.batch.tokens.shape
+    try:  # refused before any check runs, as every other problem of the spec
+        require(decomposition_bytes(run.model.cfg, b, p), f"the decomposition of {b} x {p} tokens")
+    except UsageError as exc:
+        raise run.error(check.path, str(exc)) from None
     return CheckPlan(needs=frozenset({"scales"}), state=(key, target))
 
 

@@ -128,6 +128,12 @@ def _loose(text: str) -> Path:
     return tuple(p for p in re.split(r"\s*(?:->|>|,)\s*", text.strip()) if p)
 
 
+def decomposition_bytes(cfg, batch: int, pos: int) -> int:
+    """Bytes a decomposition of batch x pos tokens holds: a cached run, and every head's output
+    [batch, pos, head, d_model] per layer while propagating (float32)."""
+    return run_bytes(cfg, batch, pos) + 4 * int(batch) * int(pos) * cfg.n_layers * cfg.n_heads * cfg.d_model
+
+
 class Decomposition:
     """The logits of one cached run as a sum of path terms (see the module docstring).
 
@@ -142,9 +148,7 @@ class Decomposition:
         self.tokens = model.check_tokens(tokens)  # [batch, pos]
         L = cfg.n_layers
         b, p = self.tokens.shape
-        # a cached run, and every head's output [batch, pos, head, d_model] per layer while propagating
-        require(run_bytes(cfg, b, p) + 4 * b * p * L * cfg.n_heads * cfg.d_model,
-                f"the decomposition of {b} x {p} tokens")
+        require(decomposition_bytes(cfg, b, p), f"the decomposition of {b} x {p} tokens")
         norm = cfg.normalization
         self._centre = norm in ("LN", "LNPre")
         names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_pattern" for l in range(L)]

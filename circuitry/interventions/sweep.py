@@ -25,7 +25,6 @@ from circuitry.interventions.records import (
 )
 
 RUN_METHODS = ("batched", "naive")
-DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of activations per forward pass
 
 
 def _needs_patterns(items: Iterable[Intervention]) -> bool:
@@ -69,9 +68,10 @@ def run_with_intervention(model, clean: CleanRun | torch.Tensor, intervention: I
         return model.run_with_hooks(clean.tokens, intervention_hooks(model, clean, intervention, reference))
 
 
-def default_max_batch(cfg, pos: int, budget: float = DEFAULT_MEMORY_BUDGET,
+def default_max_batch(cfg, pos: int, budget: float | None = None,
                       per_head_inputs: bool = False) -> int:
-    """Rows per forward pass that fit `budget` bytes, by a rough estimate of a block's live activations.
+    """Rows per forward pass that fit `budget` bytes (default: the memory budget, `circuitry.budget`), by a
+    rough estimate of a block's live activations.
 
     Per row and position (float32): ~12 d_model (residual, normalised input, q/k/v, z, outputs),
     3 d_mlp (pre, post, output), 3 head x pos (scores, pattern), and 2 head x d_model
@@ -80,6 +80,10 @@ def default_max_batch(cfg, pos: int, budget: float = DEFAULT_MEMORY_BUDGET,
     per_pos = 12 * cfg.d_model + 3 * (cfg.d_mlp or 0) + 3 * cfg.n_heads * pos
     if per_head_inputs:
         per_pos += 2 * cfg.n_heads * cfg.d_model
+    if budget is None:
+        from circuitry.budget import memory_budget
+
+        budget = memory_budget()
     return max(1, int(budget // (4 * pos * per_pos)))
 
 
@@ -122,7 +126,7 @@ def _chunks(idxs: list[int], per_chunk: int) -> list[list[int]]:
 def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequence[Intervention],
                       metric: Metric | None = None, *, reference: CleanRun | torch.Tensor | None = None,
                       method: str = "batched", max_batch: int | None = None,
-                      memory_budget: float = DEFAULT_MEMORY_BUDGET) -> SweepResult:
+                      memory_budget: float | None = None) -> SweepResult:
     """Run each intervention on the clean tokens and return its metric value (or logits).
 
     clean: a CleanRun (shared with other callers) or tokens [batch, pos].
@@ -130,7 +134,8 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
     (0-d or [batch]); None returns the logits of every intervention.
     reference: tokens or a CleanRun for "mean" and "resample" (see records.METHODS).
     method "batched" (default): copies stacked along the batch, at most
-    max_batch rows per pass (default: what fits memory_budget bytes), each
+    max_batch rows per pass (default: what fits memory_budget bytes; by default the memory budget of
+    `circuitry.budget`, CIRCUITRY_MEMORY_BUDGET), each
     pass starting at its copies' common stage. "naive": one full forward
     pass per intervention, all changes made by hooks (the reference).
     Both give the same values up to float rounding.
