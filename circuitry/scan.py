@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitry.data import TokenBatch
-from circuitry.errors import UsageError, unknown_name
+from circuitry.errors import UsageError
 from circuitry.jsonable import finite_or_none
 from circuitry.model import HookedTransformer
 from circuitry.names import head_index, head_name
@@ -72,15 +72,10 @@ def strongest_first(rows: list[dict], key: str = "score") -> list[dict]:
 
 
 def select_detectors(names: Iterable[str] | None, manager: PluginManager | None = None) -> dict[str, Detector]:
-    detectors = (manager or get_manager()).detectors()
+    manager = manager or get_manager()
     if names is None:
-        return dict(detectors)
-    chosen = {}
-    for name in names:
-        if name not in detectors:
-            raise UsageError(unknown_name("detector", name, detectors))
-        chosen[name] = detectors[name]
-    return chosen
+        return dict(manager.detectors())
+    return {name: manager.get("circuitry_detectors", name, "detector") for name in names}
 
 
 def pattern_names(model: HookedTransformer) -> list[str]:

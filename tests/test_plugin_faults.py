@@ -325,7 +325,6 @@ def test_composition_check_with_detectors_disabled_is_exit_2(fresh, capsys, tmp_
     assert NOT_AVAILABLE in _err(capsys)
 
 
-@pytest.mark.xfail(reason="scan.select_detectors checks names itself instead of PluginManager.get", strict=False)
 def test_scan_with_detectors_disabled_is_exit_2_not_available(fresh, capsys):
     assert main(["-p", "no:detectors", "scan", MODEL, "--detectors", "composition"]) == 2
     assert NOT_AVAILABLE in _err(capsys)

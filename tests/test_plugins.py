@@ -193,4 +193,4 @@ def test_unknown_dataset_and_parameter(capsys):
     assert main(["scan", "builtin:attn-only-2l", "--data", "repeated:seq_len=abc"]) == 2
     assert "must be of type int" in capsys.readouterr().err
     assert main(["scan", "builtin:attn-only-2l", "--data", "repeated:seq_len=40"]) == 2
-    assert "longer than the context" in capsys.readouterr().err
+    assert "81 positions are longer than the model's context of 64" in capsys.readouterr().err
