@@ -136,8 +136,9 @@ def main() -> None:
         k = max(args.subset - (3 if cfg.attn_only else 4), 2)  # heads + virtual heads in the subset
         heads = [p for p in proj.paths if len(p) == 1 and p[0][0] == "L"]
         pairs = [p for p in proj.paths if len(p) == 2]
-        subset = [("direct",)] + heads[:: max(1, len(heads) // (k // 2))][: k // 2] \
-            + pairs[:: max(1, len(pairs) // (k - k // 2))][: k - k // 2] + ([] if cfg.attn_only else [("M0",)]) + [("bias",), ("remainder",)]
+        subset = ([("direct",)] + heads[:: max(1, len(heads) // (k // 2))][: k // 2]
+                  + pairs[:: max(1, len(pairs) // (k - k // 2))][: k - k // 2]
+                  + ([] if cfg.attn_only else [("M0",)]) + [("bias",), ("remainder",)])
         with PeakMemory() as mem_full:
             t = time.perf_counter()
             full = [dec.term(p) for p in subset]  # each [batch, pos, d_vocab], all kept

@@ -88,7 +88,8 @@ def bench(name: str, model: HookedTransformer, repeat: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="a trained model instead of the 4-layer one that hides the shipped circuit")
+    ap.add_argument("--model", default=None,
+                    help="a trained model instead of the 4-layer one that hides the shipped circuit")
     ap.add_argument("--repeat", type=int, default=3, help="runs per method on the shipped model; the fastest "
                                                            "is shown (the 4-layer model runs once)")
     args = ap.parse_args(argv)

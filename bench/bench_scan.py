@@ -30,7 +30,6 @@ from circuitry.data import repeated_tokens
 from circuitry.model import HookedTransformer, ModelConfig
 from circuitry.scan import scan
 from circuitry_plugins.detectors.attention import duplicate_mask, induction_mask
-from circuitry_plugins.detectors.composition import composition_scores
 from circuitry_plugins.detectors.weights import reading_weights, unembed_weights
 
 

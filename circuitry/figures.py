@@ -21,8 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from circuitry.errors import UsageError
-from circuitry.names import EDGE_KINDS, check_component, head_index, head_name, parse_component
+from circuitry.names import check_component, head_index, head_name, parse_component
 
 if TYPE_CHECKING:
     import torch

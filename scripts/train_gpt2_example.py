@@ -98,7 +98,8 @@ def build_model(r: Recipe):
 
         cfg = GPT2Config(vocab_size=r.d_vocab, n_positions=r.n_ctx, n_embd=r.d_model, n_layer=r.n_layers,
                          n_head=r.n_heads, n_inner=r.mlp_ratio * r.d_model, activation_function="gelu_new",
-                         resid_pdrop=r.dropout, embd_pdrop=r.dropout, attn_pdrop=r.dropout, initializer_range=r.init_std,
+                         resid_pdrop=r.dropout, embd_pdrop=r.dropout, attn_pdrop=r.dropout,
+                         initializer_range=r.init_std,
                          bos_token_id=r.bos, eos_token_id=r.bos, tie_word_embeddings=r.tied)
         model = GPT2LMHeadModel(cfg)
         embeds = [model.transformer.wte.weight, model.transformer.wpe.weight]
@@ -284,7 +285,8 @@ def save(model, r: Recipe, out: Path, ev: dict, seconds: float, losses: list[flo
     import transformers
 
     record = {"recipe": dataclasses.asdict(r), "command": command, "seconds": round(seconds, 1),
-              "torch": torch.__version__, "transformers": transformers.__version__, "final_loss_avg50": sum(losses[-50:]) / 50,
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "final_loss_avg50": sum(losses[-50:]) / 50,
               "evaluation": {str(k): v for k, v in ev.items()}}
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
     for f in out.iterdir():  # save_pretrained may write owner-only files

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import random_model
 
 from circuitry.data import repeated_tokens
 from circuitry.errors import UsageError
 from circuitry.graph import decompose, parse_path
-from conftest import random_model
 
 SEQ = 10
 

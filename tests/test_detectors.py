@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import f32_atol, random_model
 
 from circuitry.data import repeated_tokens
 from circuitry.model import HookedTransformer
 from circuitry.scan import scan
-
-from conftest import f32_atol, random_model
 
 
 def _data(model, seed=1, seq_len=10, batch=32):
@@ -191,8 +190,8 @@ def test_zero_head_scores_are_defined():
     comp, old = res.pairs["composition"].scores, before.pairs["composition"].scores
     L, H = 3, 3
     for kind in "QKV":
-        for l1, h1, l2, h2 in ((l1, h1, l2, h2) for l1 in range(L) for h1 in range(H)
-                               for l2 in range(l1 + 1, L) for h2 in range(H)):
+        for l1, h1, l2, h2 in ((a, b, c, d) for a in range(L) for b in range(H)
+                               for c in range(a + 1, L) for d in range(H)):
             if (l1, h1) == (1, 2) or (l2, h2) == (1, 2):
                 assert comp[kind][l1, h1, l2, h2] == 0.0
             else:

@@ -7,10 +7,10 @@ import json
 import networkx as nx
 import pytest
 import torch
+from conftest import small_config
 
 from circuitry.errors import UsageError
 from circuitry.graph import ResidualGraph
-from conftest import small_config
 
 
 def expected_counts(L: int, H: int, E: int, mlp: bool, parallel: bool = False) -> tuple[int, int]:

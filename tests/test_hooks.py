@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import f32_atol, random_model
+from test_model import reference_forward
 
 from circuitry.data import repeated_tokens
 from circuitry.errors import UsageError
-from conftest import f32_atol, random_model
-from test_model import reference_forward
 
 LN_MLP = dict(normalization="LN", d_mlp=48, attn_bias=True, mlp_bias=True, unembed_bias=True)
 RMS_GQA = dict(normalization="RMS", positional="rotary", rotary_dim=4, d_mlp=48, gated_mlp=True,

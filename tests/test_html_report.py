@@ -426,11 +426,12 @@ checks:
 def test_figures_of_a_failing_spec_with_an_mlp_and_a_direct_edge():
     from html.parser import HTMLParser
 
+    from conftest import random_model
+
     from circuitry.figures import figures_for_verification
     from circuitry.report.html import render_html
     from circuitry.spec import load_spec
     from circuitry.verify import verify
-    from conftest import random_model
 
     model = random_model(3, d_mlp=64)
     spec = load_spec(text=MIXED_SPEC)

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import f32_atol, random_model
 
 from circuitry.data import repeated_tokens
 from circuitry.errors import UsageError
 from circuitry.interventions import (
-    Ablation, Combined, Edge, EdgePatch, Node, all_heads, all_mlps, clean_run, intervention_hooks,
+    Ablation,
+    Combined,
+    Edge,
+    EdgePatch,
+    Node,
+    all_heads,
+    all_mlps,
+    clean_run,
+    intervention_hooks,
     run_interventions,
 )
-from conftest import f32_atol, random_model
 
 LN_MLP = dict(normalization="LN", d_mlp=64, attn_bias=True, mlp_bias=True)
 PARALLEL_GQA = dict(n_layers=3, normalization="RMS", d_mlp=48, parallel_attn_mlp=True, n_kv_heads=2,
@@ -318,7 +326,8 @@ def test_bad_input_gives_usage_errors(shipped):
         (lambda: run_interventions(shipped, clean, [Ablation("L2H0")]), "no head L2H0"),
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0", "mean")], reference=tokens[:, :5]),
          "positions"),
-        (lambda: run_interventions(shipped, tokens[:1], [Ablation("L0H0", "resample")]), "every sequence of the reference data equals sequence 0"),
+        (lambda: run_interventions(shipped, tokens[:1], [Ablation("L0H0", "resample")]),
+         "every sequence of the reference data equals sequence 0"),
         (lambda: run_interventions(shipped, no_patterns, [Ablation("L0H0", preserve_patterns=True)]),
          "hook_pattern"),
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0")], method="fast"), "method"),

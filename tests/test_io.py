@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import random_model
 
 from circuitry.cli import main
 from circuitry.errors import InputError, ModelLoadError, UsageError
 from circuitry.model import load_model_file, save_model
 from circuitry.model.io import read_metadata
-from conftest import random_model
 
 MODELS = {
     "LN-mlp-biases": dict(normalization="LN", d_mlp=48, attn_bias=True, mlp_bias=True, unembed_bias=True),

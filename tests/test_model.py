@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import f32_atol, random_model
 
 ATOL64 = 1e-10  # a float64 model against the float64 reference: float64 rounding only

@@ -6,7 +6,6 @@ data) and compared with independent computations.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from induction_checks import DATA, failures, k_composition, k_composition_weights, long_context, measure
 
 import circuitry
 from circuitry.data import repeated_tokens
 from circuitry.model import HookedTransformer
 from circuitry.train import TrainRecipe
-from induction_checks import DATA, failures, k_composition, k_composition_weights, long_context, measure
 
 HERE = Path(circuitry.__file__).parent / "builtin" / "attn-only-2l"
 TOL = 0.01

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from induction_checks import failures, k_composition_weights, measure
 
 import circuitry
 from circuitry.cli import main
@@ -16,7 +17,6 @@ from circuitry.data import periodic_tokens
 from circuitry.model import HookedTransformer, load_model_file
 from circuitry.model.io import read_metadata
 from circuitry.train import TrainRecipe, train
-from induction_checks import failures, k_composition_weights, measure
 
 BUILTIN = Path(circuitry.__file__).parent / "builtin" / "attn-only-2l"
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="plugin_opts", action="append", default=[], metavar="no:NAME",
                         help="disable a plugin by name (repeatable); also CIRCUITRY_DISABLE_PLUGINS=A,B")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         importlib.import_module(module).register(sub)
     return parser
 
@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from circuitry.cli.output import Output
-
     from circuitry.diagnostics import collecting
 
     out = Output(json_mode=getattr(args, "json", False), verbose=getattr(args, "verbose", 0))

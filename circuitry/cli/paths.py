@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 DEFAULT_DATA = "repeated:batch=16"
 
 

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace, out) -> int:
         result = train(recipe, out=args.out, on_step=on_step, command=command)
     png = plot_losses(result.losses, f"{args.out}/loss.png")
     out.print(f"trained {recipe.steps} steps in {result.seconds:.1f} s; final loss {result.losses[-1]:.3f}")
-    out.print(f"model: {args.out}  (loss curve: loss.json{', loss.png' if png else '; install matplotlib for loss.png'})")
+    plot = ", loss.png" if png else "; install matplotlib for loss.png"
+    out.print(f"model: {args.out}  (loss curve: loss.json{plot})")
     if result.checkpoints:
         out.print(f"checkpoints: {len(result.checkpoints)} in {args.out}/checkpoints")
     return 0

@@ -300,7 +300,10 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
 
         clean = clean_run(model, batch.tokens, patterns=False)
         reference = clean_run(model, ref_batch.tokens, patterns=False)
-        metric_fn = lambda logits, tokens: metric.compute(logits, batch, clean.logits)
+
+        def metric_fn(logits, tokens):
+            return metric.compute(logits, batch, clean.logits)
+
         sweeper = _Sweeper(model, clean, reference, metric_fn, method)
         every = sorted(components(model), key=node_key)
         t_prune = time.perf_counter()

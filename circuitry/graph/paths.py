@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from circuitry.errors import UsageError, did_you_mean
 from circuitry.model.config import ModelConfig
 from circuitry.names import (  # noqa: F401 - head_index, head_name, mlp_name are re-exported
-    HEAD_RE, MLP_RE, Component, check_component, head_index, head_name, head_names, mlp_name, model_ranges,
+    HEAD_RE,
+    MLP_RE,
+    Component,
+    check_component,
+    head_index,
+    head_name,
+    head_names,
+    mlp_name,
+    model_ranges,
 )
 
 Path = tuple[str, ...]

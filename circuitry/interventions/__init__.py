@@ -18,11 +18,24 @@ Example::
 """
 
 from circuitry.interventions.records import (
-    METHODS, Ablation, CleanRun, Combined, EdgePatch, Intervention, Metric, SweepResult, clean_hook_names,
-    clean_run, parts_of, reference_run,
+    METHODS,
+    Ablation,
+    CleanRun,
+    Combined,
+    EdgePatch,
+    Intervention,
+    Metric,
+    SweepResult,
+    clean_hook_names,
+    clean_run,
+    parts_of,
+    reference_run,
 )
 from circuitry.interventions.sweep import (
-    default_max_batch, intervention_hooks, run_interventions, run_with_intervention,
+    default_max_batch,
+    intervention_hooks,
+    run_interventions,
+    run_with_intervention,
 )
 from circuitry.interventions.targets import EDGE_KINDS, LOGITS, Edge, Node, all_heads, all_mlps
 

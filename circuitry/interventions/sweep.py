@@ -20,7 +20,15 @@ import torch
 from circuitry.errors import UsageError
 from circuitry.interventions.plan import Context, collect, stage_layers
 from circuitry.interventions.records import (
-    Ablation, CleanRun, EdgePatch, Intervention, Metric, SweepResult, as_interventions, clean_run, parts_of,
+    Ablation,
+    CleanRun,
+    EdgePatch,
+    Intervention,
+    Metric,
+    SweepResult,
+    as_interventions,
+    clean_run,
+    parts_of,
     reference_run,
 )
 

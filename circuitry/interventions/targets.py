@@ -11,8 +11,14 @@ from dataclasses import dataclass
 
 from circuitry.errors import UsageError
 from circuitry.model.config import ModelConfig
-from circuitry.names import EDGE_KINDS  # noqa: F401 - re-exported by circuitry.interventions
-from circuitry.names import LOGITS, check_component, check_kind, parse_component, parse_edge
+from circuitry.names import (
+    EDGE_KINDS,  # noqa: F401 - re-exported by circuitry.interventions
+    LOGITS,
+    check_component,
+    check_kind,
+    parse_component,
+    parse_edge,
+)
 
 PATCHABLE_KINDS = ("Q", "K", "V", "direct")  # the edge kinds path patching can act on
 

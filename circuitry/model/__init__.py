@@ -2,8 +2,8 @@
 
 from circuitry.model.config import ModelConfig
 from circuitry.model.hooks import ActivationCache, HookPoint, act_name
-from circuitry.model.transformer import HookedTransformer
 from circuitry.model.io import load_model_file, save_model
+from circuitry.model.transformer import HookedTransformer
 
 __all__ = ["ModelConfig", "HookedTransformer", "HookPoint", "ActivationCache", "act_name",
            "load_model_file", "save_model"]

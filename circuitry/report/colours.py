@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from circuitry.names import EDGE_COLOURS  # one palette of edge kinds for every picture
+from circuitry.names import EDGE_COLOURS  # noqa: F401 - one palette of edge kinds for every picture
 
 BLUES = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b")
 RDBU_R = ("#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d",

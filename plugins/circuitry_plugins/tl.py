@@ -169,7 +169,8 @@ def _feature_problem(raw: dict[str, Any]) -> str | None:
             return f"TransformerLens feature {key}={show(raw[key])} is not supported by circuitry's model"
     unknown = [k for k in raw if k not in MAPPED | IGNORED | set(REFUSED) and not _off(raw[k])]
     if unknown:
-        return (f"unknown TransformerLens config field(s) {', '.join(f'{_label(k)}={show(raw[k])}' for k in unknown[:3])}; "
+        fields = ", ".join(f"{_label(k)}={show(raw[k])}" for k in unknown[:3])
+        return (f"unknown TransformerLens config field(s) {fields}; "
                 f"circuitry cannot tell whether they change the model")
     missing = [k for k in SIZES if raw.get(k) is None]
     if missing:
