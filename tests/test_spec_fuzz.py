@@ -3,10 +3,11 @@
 Every spec the strategies below make is run through `circuitry verify` in this process
 (`circuitry.cli.main`) and must end with exit 0 (every check holds), 1 (a check failed) or 2 (the
 spec is wrong), where exit 2 prints only located errors: every error line starts with
-`error: FILE:LINE:COL: ` and the line lies in the file. Never exit 3, never a traceback, never a
-hang (each example runs under an alarm), never an allocation above the memory budget
-(CIRCUITRY_MEMORY_BUDGET is small here, so large data is refused before it is generated, and the
-peak resident memory of the process is checked after every example).
+`error: FILE:LINE:COL: ` with a mark inside the file, and stderr holds nothing but error and warning
+lines, without control characters. Never exit 3, never a traceback, never a hang (each example runs
+under an alarm, `time_limit`), never an allocation above the memory budget: CIRCUITRY_MEMORY_BUDGET is
+64 MB here, so large data is refused before it is generated, and the growth of the peak resident
+memory during each example must stay within a few budgets (MEMORY_LIMIT).
 
 Strategies:
 
@@ -22,6 +23,10 @@ Strategies:
 - tree-mutations: the shipped specs parsed, then values replaced by arbitrary values, keys dropped
   and unknown keys added.
 
+Data files beside the spec (`write_data_files`) include broken ones, a symbolic link to /dev/zero and
+a named pipe. Each defect the fuzzer found has its smallest spec in REGRESSIONS; `test_known_defects`
+holds the one whose fix lies outside the files these tests guard.
+
 Profiles: `spec-fuzz` (the default run: a few hundred examples in a few seconds) and
 `spec-fuzz-ci` (the slow test, `pytest --runslow`: thousands of examples). Both are derandomized, so
 a failure reproduces, and neither writes a hypothesis database. The number of examples of each
@@ -31,6 +36,7 @@ strategy and the exit codes they ended with are printed.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import json
 import os
@@ -69,8 +75,10 @@ _COMMON = dict(deadline=None, database=None, derandomize=True, print_blob=True,
 settings.register_profile("spec-fuzz", max_examples=60, **_COMMON)
 settings.register_profile("spec-fuzz-ci", max_examples=1000, **_COMMON)
 
-# Error lines of exit 2 that need not be located in the spec file: each is about something else
-# than the spec's text. (prefix, why it is not about the spec file)
+# Error lines of exit 2 that need not be located in the spec file, as (prefix, why it is not about the
+# spec file). None: the spec file exists and is named once, the only options are --json and -v, and
+# the environment (memory budget, offline hub) is set here, so every error of these runs is about the
+# spec's text; a missing spec file or a bad CIRCUITRY_MEMORY_BUDGET would be one.
 NOT_ABOUT_THE_SPEC: tuple[tuple[str, str], ...] = ()
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # what may drive a terminal (tab and newline may not)
@@ -85,7 +93,10 @@ class Hang(BaseException):
 
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
-    """Raise Hang in the block after `seconds` (SIGALRM; no limit where signals cannot be used)."""
+    """Raise Hang in the block after `seconds` (SIGALRM). Native code that retries its system calls
+    when a signal interrupts them (a blocking open() in Rust, say) never returns to Python: after twice
+    the time, faulthandler prints every thread's stack and ends the process, so a hang fails the run
+    instead of stalling it."""
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -94,11 +105,13 @@ def time_limit(seconds: float) -> Iterator[None]:
         raise Hang(f"the example ran over {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, alarm)
+    faulthandler.dump_traceback_later(2 * seconds, exit=True, file=sys.__stderr__)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)
 
 
@@ -200,7 +213,7 @@ def assert_located(line: str, outcome: Outcome) -> None:
 
 def assert_property(outcome: Outcome, json_mode: bool = False) -> None:
     """Exit 0, 1 or 2; exit 2 with located errors only; stderr holds only error and warning lines."""
-    assert "Traceback" not in outcome.err + outcome.out, outcome.explain()
+    assert "Traceback (most recent call last)" not in outcome.err + outcome.out, outcome.explain()
     assert outcome.code in (0, 1, 2), outcome.explain()
     lines = [line for line in outcome.err.splitlines() if line.strip()]
     strays = [line for line in lines if not line.startswith(("error: ", "warning: "))]
@@ -241,7 +254,7 @@ def runner(tmp_path_factory, pytestconfig):
 def write_data_files(directory: Path) -> None:
     """Token files a `file` dataset may name: valid ones and broken ones."""
     rows = [" ".join(str((7 * r + i) % 64) for i in range(12)) for r in range(4)]
-    (directory / "tokens.txt").write_text("\n".join(rows * 1) + "\n")
+    (directory / "tokens.txt").write_text("\n".join(rows) + "\n")
     (directory / "ragged.txt").write_text("1 2 3\n4 5\n")
     (directory / "out-of-vocab.txt").write_text("1 2 999\n")
     (directory / "long.txt").write_text(" ".join(["3"] * 200) + "\n")
