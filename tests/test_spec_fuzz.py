@@ -166,7 +166,8 @@ class Outcome:
         return f"Outcome(code={self.code}, err={self.err[:300]!r})"
 
     def explain(self) -> str:
-        return f"exit {self.code}\n--- stderr\n{self.err[:5000]}--- stdout\n{self.out[-2000:]}--- spec\n{self.text[:3000]}"
+        return (f"exit {self.code}\n--- stderr\n{self.err[:5000]}--- stdout\n{self.out[-2000:]}"
+                f"--- spec\n{self.text[:3000]}")
 
 
 @dataclass
@@ -411,8 +412,10 @@ def check(draw, nodes: list[str], edges: list[Any], ids: st.SearchStrategy) -> d
                          "target": one_or_list(node | edge_value)},
         "faithfulness": {"ablation": st.sampled_from(INTERVENTIONS), "metric": st.sampled_from(METRICS),
                          "nodes": one_or_list(node)},
-        "decomposition": {"path": node | st.sampled_from(["direct", "bias", "remainder", "M0"]) | st.lists(node, max_size=3),
-                          "target": st.sampled_from(["correct", "5", "64", "65", "-1", "9" * 5000]) | st.sampled_from(INTS),
+        "decomposition": {"path": node | st.sampled_from(["direct", "bias", "remainder", "M0"])
+                          | st.lists(node, max_size=3),
+                          "target": st.sampled_from(["correct", "5", "64", "65", "-1", "9" * 5000])
+                          | st.sampled_from(INTS),
                           "positions": st.sampled_from(["predictable", "all", "some"])},
     }.get(kind if isinstance(kind, str) else "", {})
     required = {"detector": ["detector"], "intervention": ["intervention", "metric", "target"],
@@ -459,7 +462,6 @@ def valid_edge(draw, nodes: list[str], head_only: bool = False) -> Any:
 @st.composite
 def valid_check(draw, spec: dict, check_id: str) -> dict:
     """A check of a random kind that the model and the circuit can answer."""
-    nodes = list(spec["circuit"]["nodes"])
     heads = st.sampled_from(HEADS)
     some_heads = heads | st.lists(heads, min_size=1, max_size=3, unique=True)
     kind = draw(st.sampled_from(KINDS))
@@ -567,7 +569,8 @@ generated_spec = st.one_of(valid_spec(), corrupted_spec(), wild_spec())
 def dumped(draw, spec_strategy: st.SearchStrategy) -> str:
     """A spec as YAML text, in block or flow style."""
     return yaml.safe_dump(draw(spec_strategy), sort_keys=False, allow_unicode=draw(st.booleans()),
-                          default_flow_style=draw(st.sampled_from([False, None])), width=draw(st.sampled_from([80, 10**6])))
+                          default_flow_style=draw(st.sampled_from([False, None])),
+                          width=draw(st.sampled_from([80, 10**6])))
 
 
 @st.composite
