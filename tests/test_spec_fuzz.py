@@ -24,8 +24,7 @@ Strategies:
   and unknown keys added.
 
 Data files beside the spec (`write_data_files`) include broken ones, a symbolic link to /dev/zero and
-a named pipe. Each defect the fuzzer found has its smallest spec in REGRESSIONS; `test_known_defects`
-holds the one whose fix lies outside the files these tests guard.
+a named pipe. Each defect the fuzzer found has its smallest spec in REGRESSIONS.
 
 Profiles: `spec-fuzz` (the default run: a few hundred examples in a few seconds) and
 `spec-fuzz-ci` (the slow test, `pytest --runslow`: thousands of examples). Both are derandomized, so
@@ -370,10 +369,6 @@ DATASETS = {"repeated": ["batch", "seq_len", "n_repeats", "seed"], "periodic": [
 BIG = st.sampled_from(INTS) | st.integers(min_value=-(2**80), max_value=2**80)
 EXTREME = st.one_of(BIG, BIG, st.integers(), FLOATS, st.sampled_from(STRINGS), st.booleans(), st.none(),
                     st.lists(SCALARS, max_size=3), ANY)
-# Known defect outside this suite's reach (test_known_defects): the `text` dataset (hf plugin) tiles its
-# prompts `repeat` times before any size check, so an extreme `repeat` allocates without bound or raises
-# OverflowError; only small values are drawn for it.
-NOT_DRAWN_EXTREME = {("text", "repeat")}
 
 
 @st.composite
@@ -389,7 +384,7 @@ def data_params(draw, text_ok: bool = False) -> dict:
         key = draw(st.sampled_from(["name", *DATASETS[name], *DATASETS[name], *DATASETS[name]]) | KEYS)
         if key == "name":
             out[key] = draw(st.sampled_from(["repeatd", "text", "", "nosuch"]) | SCALARS)
-        elif (out.get("name", name), key) not in NOT_DRAWN_EXTREME:
+        else:
             out[key] = draw(EXTREME)
     if out.get("name") == "repeated" and draw(maybe(4)):
         del out["name"]  # the default dataset
@@ -879,6 +874,11 @@ REGRESSIONS = [
     # a NUL character in a path: ValueError from the file system call (exit 3)
     ("nul-in-data-path", BASE_SPEC.replace("{name: repeated, seq_len: 10, batch: 4, seed: 1}",
                                            '{name: file, path: "a\\0b.txt"}'), "holds a NUL character"),
+    # the text dataset tiled its prompt `repeat` times before any size check: OverflowError (exit 3), or
+    # gigabytes for repeat 10**7 (fixed in the hf plugin)
+    ("text-repeated-without-bound", BASE_SPEC.replace("model: builtin:attn-only-2l", f"model: hf:{NEOX}").replace(
+        "{name: repeated, seq_len: 10, batch: 4, seed: 1}", "{name: text, text: a b c d, repeat: " + str(10**30) + "}"),
+     "more than the model's context"),
     # an expectation of many digits: the number's regular expression backtracked over every split of
     # the digits (minutes for 100 000 digits)
     ("long-expectation", BASE_SPEC.replace('">= 0.9"', '">= ' + "1" * 100_000 + 'x"'),
@@ -891,17 +891,6 @@ def test_regressions(runner, name, text, message):
     """Each defect found by the fuzzer, as the smallest spec that showed it: now a located exit 2."""
     outcome = runner.check(text)
     assert outcome.code == 2 and message in outcome.err, outcome.explain()
-
-
-def test_known_defects(runner):
-    """Defects in files outside this suite's fixes (see NOT_DRAWN_EXTREME): the `text` dataset of the hf
-    plugin (plugins/circuitry_plugins/hf/text.py) tiles its prompts `repeat` times before any size check."""
-    text = BASE_SPEC.replace("model: builtin:attn-only-2l", f"model: hf:{NEOX}").replace(
-        "{name: repeated, seq_len: 10, batch: 4, seed: 1}", "{name: text, text: a b c d, repeat: " + str(10**30) + "}")
-    outcome = runner.run(text)
-    if outcome.code == 3:
-        pytest.xfail("hf/text.py: repeat: 10**30 raises OverflowError (exit 3); repeat: 10**7 allocates GBs")
-    assert_property(outcome)
 
 
 def test_decomposition_over_the_budget_is_refused_with_the_other_problems(runner):
