@@ -95,6 +95,9 @@ def parse_component(name: Any) -> Component:
     if not isinstance(name, str):
         raise UsageError(f"a component is named like 'L0H1', 'M0', 'embed' or 'logits', got {name!r}")
     text = name.strip()
+    if re.search(r"\d{10}", text):
+        raise UsageError(f"{text[:40]!r}{'...' if len(text) > 40 else ''} is not a component name: layer and "
+                         f"head numbers have at most 9 digits")
     if m := HEAD_RE.match(text):
         return Component("head", int(m.group(1)), int(m.group(2)))
     if m := MLP_RE.match(text):

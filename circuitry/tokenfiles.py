@@ -48,6 +48,8 @@ def _kind(path: Path) -> str | None:
             raise ValueError("a NUL character in the name")
         if path.is_dir():
             return "dir"
+        if path.exists() and not path.is_file():
+            raise ValueError("not a regular file, but a device, a pipe or a socket")
         return "file" if path.exists() else None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{str(path)[:120]}: not a usable path ({getattr(exc, 'strerror', None) or exc})") from None

@@ -366,3 +366,25 @@ def test_verify_data_changes_the_specs_data(capsys):
     assert code in (0, 1) and "periodic repeats (4 x 64, period 8, seed 0)" in out
     code, _, err = run(capsys, "verify", spec, "--data", "repeated:sequence=3")
     assert code == 2 and "dataset 'repeated' has no parameter 'sequence'" in err
+
+
+# ------------------------------------------------------------------ files that could be read without end
+def test_pipes_are_refused_as_models_and_token_files(tmp_path, capsys):
+    import os
+
+    from circuitry.tokenfiles import token_file
+
+    os.mkfifo(tmp_path / "model.safetensors")
+    os.mkfifo(tmp_path / "tokens.txt")
+    code, _, err = run(capsys, "info", str(tmp_path / "model.safetensors"))
+    assert code == 2 and "not a regular file, but a device, a pipe or a socket" in err
+    with pytest.raises(Exception, match="not a regular file, but a device, a pipe or a socket"):
+        token_file(tmp_path / "tokens.txt", 65)
+
+
+def test_component_numbers_too_long_for_an_int_are_a_usage_error():
+    from circuitry.errors import UsageError
+    from circuitry.names import parse_component
+
+    with pytest.raises(UsageError, match="layer and head numbers have at most 9 digits"):
+        parse_component("L" + "9" * 5000 + "H0")

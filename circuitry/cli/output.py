@@ -17,8 +17,9 @@ class Output:
     def __init__(self, json_mode: bool = False, verbose: int = 0) -> None:
         self.json_mode = json_mode
         self.verbose = verbose
-        self.console = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        # no emoji codes: ':smile:' in a user's file is shown as written
+        self.console = Console(highlight=False, emoji=False)
+        self.err = Console(stderr=True, highlight=False, emoji=False)
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         self.console.print(*objects, **kwargs)
