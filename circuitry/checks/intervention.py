@@ -27,7 +27,8 @@ def build(run, record, value: Any, path: tuple) -> Any:
             raise run.error(path, f"intervention {record.name!r} does not apply to edges")
         if parse_component(e.sender).kind not in ("head", "mlp"):
             raise run.error(path, f"{e}: interventions act on edges from heads and MLPs, not from {e.sender}")
-        target: Any = Target(e.sender, LOGITS if e.kind == "direct" else e.receiver, e.kind)
+        receiver: Any = LOGITS if e.kind == "direct" else e.receiver  # names are parsed into nodes
+        target: Any = Target(e.sender, receiver, e.kind)
     else:
         comp = run.component(value, path)
         if comp.kind not in record.targets:

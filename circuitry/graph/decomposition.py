@@ -41,7 +41,7 @@ from circuitry.errors import InputError, UsageError
 from circuitry.graph.paths import Path, format_path, parse_path, path_kind
 from circuitry.names import head_index, head_name, mlp_name
 
-Target = "str | int | tuple[int, int] | torch.Tensor"
+Target = str | int | tuple[int, int] | torch.Tensor  # what a projection explains (see Decomposition.project)
 
 
 @dataclass(frozen=True)
@@ -354,23 +354,23 @@ class Decomposition:
             bu = (b_U[a] - b_U[c]).expand(b, p)
             desc = f"logit difference {a} - {c}"
         elif isinstance(target, torch.Tensor):
-            t = target.to(self.tokens.device)
-            if t.ndim == 1 and t.shape[0] == V and t.is_floating_point():
-                t = t.to(W_U.dtype)
-                u, bu = (W_U @ t).expand(b, p, -1), (b_U @ t).expand(b, p)
+            tt = target.to(self.tokens.device)
+            if tt.ndim == 1 and tt.shape[0] == V and tt.is_floating_point():
+                tt = tt.to(W_U.dtype)
+                u, bu = (W_U @ tt).expand(b, p, -1), (b_U @ tt).expand(b, p)
                 desc = "projection on a vocabulary direction"
-            elif t.ndim == 2 and tuple(t.shape) == (b, p) and not t.is_floating_point():
-                if t.numel() and (int(t.min()) < 0 or int(t.max()) >= V):
+            elif tt.ndim == 2 and tuple(tt.shape) == (b, p) and not tt.is_floating_point():
+                if tt.numel() and (int(tt.min()) < 0 or int(tt.max()) >= V):
                     raise InputError(f"target token ids must lie in 0..{V - 1}")
-                u, bu = per_token(t.long())
+                u, bu = per_token(tt.long())
                 desc = "logit of per-position target tokens"
-            elif t.ndim == 3 and tuple(t.shape) == (b, p, V) and t.is_floating_point():
-                t = t.to(W_U.dtype)
-                u, bu = t @ W_U.T, t @ b_U
+            elif tt.ndim == 3 and tuple(tt.shape) == (b, p, V) and tt.is_floating_point():
+                tt = tt.to(W_U.dtype)
+                u, bu = tt @ W_U.T, tt @ b_U
                 desc = "projection on per-position vocabulary directions"
             else:
                 raise UsageError(f"target tensor must be a float vector [d_vocab={V}], token ids [batch={b}, "
-                                 f"pos={p}] or float directions [{b}, {p}, {V}]; got {t.dtype} {list(t.shape)}")
+                                 f"pos={p}] or float directions [{b}, {p}, {V}]; got {tt.dtype} {list(tt.shape)}")
         else:
             raise UsageError(f"target must be 'correct', a token id, a pair (a, b) of token ids for a logit "
                              f"difference, or a tensor; got {target!r}")

@@ -32,7 +32,7 @@ from circuitry.errors import UsageError
 from circuitry.interventions.records import Ablation, CleanRun, EdgePatch, Part
 from circuitry.interventions.targets import Node
 
-Modifier = Callable[[torch.Tensor, slice], None]
+Modifier = Callable[..., None]  # (activation, rows) -> None: changes the rows of the activation in place
 
 
 @dataclass
@@ -148,7 +148,7 @@ class Context:
                 def set_z(x: torch.Tensor, rows: slice, h=h, new=new) -> None:
                     x[rows, :, h] = new
 
-                hooks = [(f"blocks.{node.layer}.attn.hook_z", set_z)]
+                hooks: list[tuple[str, Modifier]] = [(f"blocks.{node.layer}.attn.hook_z", set_z)]
             else:
                 stage = 2 * node.layer + 2
 
@@ -177,7 +177,7 @@ class Context:
         raise UsageError(f"not an intervention part: {part!r}")
 
     def _freeze_patterns(self) -> list[tuple[str, Modifier]]:
-        out = []
+        out: list[tuple[str, Modifier]] = []
         for l in range(self.cfg.n_layers):
             name = f"blocks.{l}.attn.hook_pattern"
             clean = self.clean_act(name)  # [batch, head, q, k]

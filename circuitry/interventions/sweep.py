@@ -13,7 +13,7 @@ final residual, so full logits for all copies are never held at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -57,7 +57,7 @@ def _as_reference(model, reference: CleanRun | torch.Tensor | None) -> CleanRun 
 
 
 def intervention_hooks(model, clean: CleanRun, intervention: Intervention,
-                       reference: CleanRun | torch.Tensor | None = None) -> list[tuple[str, object]]:
+                       reference: CleanRun | torch.Tensor | None = None) -> list[tuple[str, Callable]]:
     """Hooks that apply `intervention` to a full run of model on clean.tokens.
 
     Use them with `model.run_with_hooks(clean.tokens, hooks)` or

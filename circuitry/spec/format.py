@@ -253,8 +253,8 @@ def _semantics(doc: Document, found: _Problems, manager: Any) -> CircuitSpec | N
     data = doc.data
     if not isinstance(data, dict):
         return None
-    circuit = data.get("circuit") if isinstance(data.get("circuit"), dict) else {}
-    nodes_raw = circuit.get("nodes") if isinstance(circuit.get("nodes"), dict) else {}
+    circuit: dict = data["circuit"] if isinstance(data.get("circuit"), dict) else {}
+    nodes_raw: dict = circuit["nodes"] if isinstance(circuit.get("nodes"), dict) else {}
     nodes = {k: (v if isinstance(v, str) else v.get("role", "") if isinstance(v, dict) else "")
              for k, v in nodes_raw.items()}
     edges = _edges(doc, found, circuit, nodes) if found.clean(("circuit", "nodes")) else []
@@ -290,7 +290,8 @@ def _checks(doc: Document, found: _Problems, data: dict, manager: Any) -> list[C
     kinds = check_kinds(manager)
     ids: dict[str, int] = {}
     checks = []
-    for i, c in enumerate(data.get("checks") if isinstance(data.get("checks"), list) else []):
+    listed: list = data["checks"] if isinstance(data.get("checks"), list) else []
+    for i, c in enumerate(listed):
         path = ("checks", i)
         if not found.clean(path):
             continue

@@ -159,10 +159,11 @@ class _Builder:
                 if key == "<<":
                     raise SpecError(kmark, path, "YAML merge keys ('<<') are not supported in specs")
                 key = str(key) if not isinstance(key, str) else key
+                key_path = (*path, key)
                 if key in out:
-                    first = self.key_marks[(*path, key)]
-                    raise SpecError(kmark, (*path, key), f"duplicate key {key!r} (first defined at line {first.line})")
-                self.key_marks[(*path, key)] = kmark
+                    first = self.key_marks[key_path]
+                    raise SpecError(kmark, key_path, f"duplicate key {key!r} (first defined at line {first.line})")
+                self.key_marks[key_path] = kmark
                 out[key] = self.build(value_node, (*path, key), open_nodes)
             return out
         raise SpecError(self.marks[path], path, "unsupported YAML node")  # pragma: no cover

@@ -113,8 +113,8 @@ def _accepts_type(schema: Any, value: Any) -> bool:
         return any(_accepts_type(o, value) for o in schema.options)
     if isinstance(schema, ExpectT):
         return not isinstance(value, dict)
-    types = {Str: str, Int: int, Num: (int, float), Bool: bool, Obj: dict, Tagged: dict, MapOf: dict,
-             ListOf: list}
+    types: dict[type, type | tuple[type, ...]] = {Str: str, Int: int, Num: (int, float), Bool: bool, Obj: dict,
+                                                  Tagged: dict, MapOf: dict, ListOf: list}
     if isinstance(value, bool) and not isinstance(schema, Bool):
         return False
     return isinstance(value, types.get(type(schema), ()))
@@ -247,7 +247,8 @@ def _tagged_problems(doc: Document, path: Path_, value: Any, schema: Tagged) -> 
 def _obj_problems(doc: Document, path: Path_, value: Any, fields: Mapping[str, Field], extra: Any) -> list[SpecError]:
     if not isinstance(value, dict):
         return [doc.error(path, f"expected a mapping, got {_type_name(value)} {_show(value)}")]
-    out, meant = [], set()
+    out: list[SpecError] = []
+    meant: set[str] = set()
     for key in value:
         if key not in fields and extra is None:
             suggestion = did_you_mean(str(key), fields)
