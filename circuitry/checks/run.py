@@ -42,6 +42,15 @@ class VerifiedRun:
         self._reference: Any = None
         self._decomposition: Any = None
 
+    def for_spec(self, spec: CircuitSpec) -> VerifiedRun:
+        """This run for another spec on the same model and data (a spec rewritten with other
+        expectations, say): the clean run, reference, swept values and computed records are shared."""
+        other = VerifiedRun(spec, self.model, self.batch, self.manager)
+        other.reference_batch, other.clean, other.swept = self.reference_batch, self.clean, dict(self.swept)
+        other._detectors, other._metric_clean = self._detectors, self._metric_clean
+        other._reference, other._decomposition = self._reference, self._decomposition
+        return other
+
     # locating problems --------------------------------------------------
     def error(self, path: tuple, message: str, at_key: bool = False) -> SpecError:
         """A SpecError at the spec's file:line:col of `path`."""

@@ -343,8 +343,7 @@ def measure_on(run: VerifiedRun, spec: CircuitSpec) -> list:
     """The results of `spec`'s checks on an existing verified run of the same model and data: its clean run,
     reference batch and swept values are reused, so no model runs again. Every sweep a check plans must
     already be in the run (the spec's checks are the run's, with other expectations)."""
-    again = VerifiedRun(spec, run.model, run.batch, run.manager)
-    again.clean, again.reference_batch, again.swept = run.clean, run.reference_batch, dict(run.swept)
+    again = run.for_spec(spec)
     results = []
     for check in spec.checks:
         kind = run.manager.get("circuitry_check_kinds", check.kind)
