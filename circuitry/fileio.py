@@ -175,3 +175,22 @@ def _nearest_existing(path: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def path_kind(path: Path) -> str | None:
+    """'dir', 'file' or None (nothing there); a UsageError for a path that cannot be looked at (a
+    name too long, a NUL byte, no permission) or that is not a regular file (a device, a pipe or a
+    socket, which could be read without end)."""
+    try:
+        if "\0" in str(path):
+            raise ValueError("a NUL character in the name")
+        if path.is_dir():
+            return "dir"
+        if path.exists() and not path.is_file():
+            raise ValueError("not a regular file, but a device, a pipe or a socket")
+        return "file" if path.exists() else None
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        text = repr(str(path))[1:-1]
+        shown = text if len(text) <= 120 else f"{text[:120]}... ({len(text)} characters)"
+        raise UsageError(f"{shown}: not a usable path ({why})") from None

@@ -52,12 +52,15 @@ def finite_or_none(x: Any) -> float | int | None:
 
 
 def finite_tree(value: Any) -> Any:
-    """value with every non-finite float in nested dicts, lists and tuples replaced by None."""
+    """value with every non-finite float in nested dicts, lists and tuples replaced by None; tensors
+    become numbers or nested lists, mapping keys strings."""
     value = _number(value)
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:
+        value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {k: finite_tree(v) for k, v in value.items()}
+        return {str(k): finite_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite_tree(v) for v in value]
     return value

@@ -16,6 +16,7 @@ import torch
 from circuitry.budget import require
 from circuitry.data import TokenBatch, predictable_from_repeats
 from circuitry.errors import ModelLoadError, UsageError
+from circuitry.fileio import path_kind
 
 INT64_MAX = 2**63 - 1
 TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -25,7 +26,7 @@ def token_file(path: str | Path, d_vocab: int | None = None) -> TokenBatch:
     """Token ids from a file: .txt (whitespace-separated ids, one sequence per line),
     .npy (integer array [batch, pos]) or .pt (a tensor, loaded with weights_only)."""
     path = Path(path)
-    kind = _kind(path)
+    kind = path_kind(path)
     if kind is None:
         raise UsageError(f"no such token file: {path}")
     if kind == "dir":
@@ -39,20 +40,6 @@ def token_file(path: str | Path, d_vocab: int | None = None) -> TokenBatch:
     fresh = ~pred
     fresh[:, -1] = False
     return TokenBatch(tokens, pred, fresh, None, f"tokens from {path.name}")
-
-
-def _kind(path: Path) -> str | None:
-    """'dir', 'file' or None; a UsageError for a path that cannot be looked at."""
-    try:
-        if "\0" in str(path):
-            raise ValueError("a NUL character in the name")
-        if path.is_dir():
-            return "dir"
-        if path.exists() and not path.is_file():
-            raise ValueError("not a regular file, but a device, a pipe or a socket")
-        return "file" if path.exists() else None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{str(path)[:120]}: not a usable path ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _size(path: Path) -> int:

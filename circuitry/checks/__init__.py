@@ -8,11 +8,11 @@ from the registered kinds), `plan` (validate against the model, say what it
 needs), `measure` (compute the result from the shared `VerifiedRun`).
 """
 
-from circuitry.checks.base import NEEDS, CheckPlan, CheckResult, Sweep, all_hold, finite, items, with_details
+from circuitry.checks.base import NEEDS, CheckPlan, CheckResult, Sweep, all_hold, items, with_details
 from circuitry.checks.run import VerifiedRun
 
-__all__ = ["NEEDS", "CheckPlan", "CheckResult", "Sweep", "VerifiedRun", "all_hold", "builtin_kinds", "finite",
-           "items", "with_details"]
+__all__ = ["NEEDS", "CheckPlan", "CheckResult", "Sweep", "VerifiedRun", "all_hold", "builtin_kinds", "items",
+           "with_details"]
 
 
 def builtin_kinds() -> list:

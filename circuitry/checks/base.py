@@ -13,11 +13,10 @@ run of a spec (`circuitry.checks.run.VerifiedRun`):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from circuitry.jsonable import finite_or_none, finite_tree
 from circuitry.spec.expect import Expectation
 from circuitry.spec.format import Check
 
@@ -49,24 +48,6 @@ class CheckPlan:
             raise ValueError(f"unknown needs {sorted(unknown)}; valid: {', '.join(NEEDS)}")
 
 
-def finite(x: Any) -> float | None:
-    """x as a float, or None when it is missing, NaN or infinite (JSON has no NaN)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return finite(value)
-    return value
-
-
 @dataclass(frozen=True)
 class CheckResult:
     """One claim's outcome: the measured value next to the expectation."""
@@ -82,8 +63,8 @@ class CheckResult:
 
     def to_json(self) -> dict:
         """The result as strict JSON data: NaN and infinite values become null."""
-        return {"id": self.id, "kind": self.kind, "claim": self.claim, "value": finite(self.value),
-                "expect": self.expect, "passed": self.passed, "details": _jsonable(self.details),
+        return {"id": self.id, "kind": self.kind, "claim": self.claim, "value": finite_or_none(self.value),
+                "expect": self.expect, "passed": self.passed, "details": finite_tree(self.details),
                 "seconds": round(self.seconds, 4)}
 
 

@@ -22,26 +22,13 @@ import networkx as nx
 import torch
 
 from circuitry.errors import UsageError, did_you_mean
-from circuitry.jsonable import finite_or_none, strict_dumps
+from circuitry.jsonable import finite_tree, strict_dumps
 from circuitry.model.config import ModelConfig
 from circuitry.names import EDGE_COLOURS, check_kind, head_name, mlp_name, model_ranges
 
 RESERVED_NODE_ATTRS = ("kind", "layer", "head", "role")
 JSON_FORMAT = "circuitry-residual-graph"
 JSON_VERSION = 1
-
-
-def _plain(value: Any) -> Any:
-    """A strict-JSON value: tensors become numbers or nested lists, NaN and infinities None."""
-    if isinstance(value, torch.Tensor):
-        return _plain(value.item() if value.ndim == 0 else value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return finite_or_none(value)
-    return value
 
 
 class ResidualGraph(nx.MultiDiGraph):
@@ -251,9 +238,9 @@ class ResidualGraph(nx.MultiDiGraph):
         as null in JSON and read back as None."""
         return {
             "format": JSON_FORMAT, "version": JSON_VERSION, "directed": True, "multigraph": True,
-            "graph": _plain(dict(self.graph)),
-            "nodes": [{"id": n, **_plain(d)} for n, d in self.nodes(data=True)],
-            "edges": [{"source": u, "target": v, "key": k, **_plain(d)}
+            "graph": finite_tree(dict(self.graph)),
+            "nodes": [{"id": n, **finite_tree(d)} for n, d in self.nodes(data=True)],
+            "edges": [{"source": u, "target": v, "key": k, **finite_tree(d)}
                       for u, v, k, d in self.edges(keys=True, data=True)],
         }
 

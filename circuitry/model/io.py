@@ -29,7 +29,7 @@ import torch
 
 from circuitry.budget import require
 from circuitry.errors import ModelLoadError, UsageError
-from circuitry.fileio import atomic_write, atomic_write_text
+from circuitry.fileio import atomic_write, atomic_write_text, path_kind
 from circuitry.model.config import ModelConfig, parse_json
 from circuitry.model.transformer import HookedTransformer
 
@@ -61,20 +61,11 @@ def save_model(model: HookedTransformer, path: str | Path, metadata: dict[str, s
 
 
 def probe(path: Path) -> str | None:
-    """'dir', 'file' or None (nothing there); a ModelLoadError for a path that cannot be
-    looked at (a name too long, a NUL byte, no permission) or that is not a regular file
-    (a device, a pipe or a socket, which could be read without end)."""
+    """`circuitry.fileio.path_kind`, with its error as a ModelLoadError."""
     try:
-        if "\0" in str(path):
-            raise ValueError("a NUL character in the name")
-        if path.is_dir():
-            return "dir"
-        if path.exists() and not path.is_file():
-            raise ValueError("not a regular file, but a device, a pipe or a socket")
-        return "file" if path.exists() else None
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
-        raise ModelLoadError(f"{_short(repr(str(path))[1:-1])}: not a usable path ({why})") from None
+        return path_kind(path)
+    except UsageError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _short(path: Path | str, limit: int = 120) -> str:
