@@ -359,8 +359,7 @@ def test_renderers_import_no_computation(path):
             imported.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    bad = [m for m in imported if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
-           and m != "circuitry.model.io"]  # atomic writes only
+    bad = [m for m in imported if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
     assert bad == [], f"{path} imports {bad}"
     from_figures = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "circuitry.figures"]
     for node in from_figures:  # only the records, no builder
