@@ -252,3 +252,88 @@ def writes_before(sender: Component, receiver: Component, cfg: Any) -> bool:
     if sender.layer < receiver.layer:  # type: ignore[operator]
         return True
     return sender.is_head and sender.layer == receiver.layer and not cfg.parallel_attn_mlp
+
+
+# ------------------------------------------------------------------ activation sites
+# What activation patching can replace. Layer sites are written `L{l}.{kind}` (`L1.resid_pre`), head sites
+# `L{l}H{h}.{kind}` (`L1H3.q`); a head alone (`L1H3`) is its output z, an MLP alone (`M0`) its output.
+LAYER_SITES = {  # kind -> hook name, shape [batch, pos, d_model]
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+}
+HEAD_SITES = {  # kind -> hook name; the head's slice of it
+    "z": "blocks.{l}.attn.hook_z",  # [batch, pos, head, d_head]
+    "q": "blocks.{l}.attn.hook_q",  # [batch, pos, head, d_head]
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+    "q_input": "blocks.{l}.attn.hook_q_input",  # [batch, pos, head, d_model]
+    "k_input": "blocks.{l}.attn.hook_k_input",
+    "v_input": "blocks.{l}.attn.hook_v_input",
+    "pattern": "blocks.{l}.attn.hook_pattern",  # [batch, head, q, k]
+}
+SITE_DOC = ("an activation: L{l}.resid_pre / resid_mid / resid_post / attn_out / mlp_out, a head L{l}H{h} (its "
+            "output) or L{l}H{h}.q / k / v / q_input / k_input / v_input / pattern, an MLP M{l} (its output)")
+
+
+@dataclass(frozen=True)
+class Site:
+    """An activation that can be patched: `kind` (a key of LAYER_SITES or HEAD_SITES), its layer and head."""
+
+    kind: str
+    layer: int
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.head is None:
+            return mlp_name(self.layer) if self.kind == "mlp_out" else f"L{self.layer}.{self.kind}"
+        base = head_name(self.layer, self.head)
+        return base if self.kind == "z" else f"{base}.{self.kind}"
+
+    @property
+    def hook(self) -> str:
+        table = HEAD_SITES if self.head is not None else LAYER_SITES
+        return table[self.kind].format(l=self.layer)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_site(text: Any) -> Site:
+    """The site a name denotes (syntax only; `check_site` checks it against a model)."""
+    if isinstance(text, Site):
+        return text
+    if not isinstance(text, str):
+        raise UsageError(f"an activation site is named like 'L1.resid_pre' or 'L1H3.q', got {text!r}")
+    base, dot, kind = text.strip().partition(".")
+    if m := re.fullmatch(r"L(\d{1,9})", base):
+        if dot and kind in LAYER_SITES:
+            return Site(kind, int(m.group(1)))
+        hint = did_you_mean(kind, LAYER_SITES) if dot else ""
+        raise UsageError(f"{text!r} is not an activation site{hint}: a layer site is L{{l}}.KIND, KIND one of "
+                         f"{', '.join(LAYER_SITES)}")
+    comp = parse_component(base)
+    if comp.is_mlp and not dot:
+        return Site("mlp_out", comp.layer)  # type: ignore[arg-type]
+    if comp.is_head and (not dot or kind in HEAD_SITES):
+        return Site(kind or "z", comp.layer, comp.head)  # type: ignore[arg-type]
+    hint = did_you_mean(kind, HEAD_SITES) if comp.is_head else ""
+    raise UsageError(f"{text!r} is not an activation site{hint}; expected {SITE_DOC}")
+
+
+def check_site(text: Any, cfg: Any) -> Site:
+    """A site of a model with config `cfg`, or a UsageError in the vocabulary's words."""
+    site = parse_site(text)
+    if site.head is not None:
+        check_component(head_name(site.layer, site.head), cfg, allow=("head",))
+    elif not 0 <= site.layer < cfg.n_layers:
+        raise UsageError(f"the model has no layer {site.layer}: it has layers 0..{cfg.n_layers - 1}")
+    elif site.kind == "mlp_out" and cfg.attn_only:
+        raise UsageError(f"the model is attention-only: it has no {site.name}")
+    elif site.kind == "resid_mid" and (cfg.attn_only or cfg.parallel_attn_mlp):
+        raise UsageError(f"the model has no {site.name}: its blocks have no residual stream between attention "
+                         f"and MLP")
+    return site
