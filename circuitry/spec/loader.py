@@ -207,7 +207,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[object, str]:
         return pmark, ("this line does not fit the indentation of the lines above (a list item '- ' and a "
                        "key at the same level, or a wrong indentation?)")
     if problem.startswith("but found another document"):
-        return pmark, "a spec file holds one YAML document, but a second one starts here ('---')"
+        return pmark, "a file holds one YAML document, but a second one starts here ('---')"
     return pmark or cmark, problem
 
 
@@ -240,20 +240,20 @@ def load_document(text: str, file: str = "<string>") -> Document:
     return Document(data, file, builder.marks, builder.key_marks)
 
 
-def load_file(path: str | Path) -> Document:
+def load_file(path: str | Path, what: str = "spec") -> Document:
     path = Path(path)
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except OSError as exc:  # a name too long for the file system, ...
-        raise SpecError(None, (), f"cannot read spec file {str(path)[:80]}: {exc.strerror or exc}") from None
+        raise SpecError(None, (), f"cannot read {what} file {str(path)[:80]}: {exc.strerror or exc}") from None
     if not exists:
-        raise SpecError(None, (), f"no such spec file: {path}")
+        raise SpecError(None, (), f"no such {what} file: {path}")
     if is_dir:
-        raise SpecError(None, (), f"{path} is a directory, not a spec file")
+        raise SpecError(None, (), f"{path} is a directory, not a {what} file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpecError(Mark(str(path), 1, 1), (), "the file is not UTF-8 text") from None
     except OSError as exc:
-        raise SpecError(None, (), f"cannot read spec file {path}: {exc.strerror or exc}") from None
+        raise SpecError(None, (), f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     return load_document(text, str(path))

@@ -1,14 +1,21 @@
-"""Standard metrics: numbers computed from one run's logits on a token batch.
+"""Standard metrics: numbers computed from one run's logits on a batch.
 
-Every metric reads the positions of `batch.predictable` (the repeated part,
-where the next token can be copied from context) unless its name says
-otherwise:
+On a task batch (`circuitry.tasks.ContrastiveBatch`) a metric is read at the
+task's read positions, with the task's answer and wrong answer(s); on a token
+batch, at the positions of `batch.predictable` (the repeated part, where the
+next token can be copied from context), with the next token as the answer:
 
-- loss: mean next-token cross-entropy on predictable positions (nats).
-- loss_all: mean next-token cross-entropy on every position.
-- correct_logit: mean logit of the correct next token.
-- logit_diff: mean of (logit of the correct next token - the largest other logit).
-- kl: mean KL divergence KL(clean || run) of the next-token distributions.
+- loss: cross-entropy of the answer (nats).
+- loss_all: next-token cross-entropy on every position (token batches).
+- correct_logit: logit of the answer.
+- logit_diff: logit of the answer minus the mean logit of the wrong answers
+  (task batches); minus the largest other logit (token batches).
+- prob: probability of the answer.
+- rank: rank of the answer among all tokens (1: the model's top prediction).
+- accuracy: fraction of read positions where the answer is the top prediction.
+- kl: KL(clean || run) of the next-token distributions.
+
+Each is a mean over the read positions of every prompt.
 """
 
 from __future__ import annotations
@@ -21,59 +28,91 @@ from circuitry.errors import UsageError
 from circuitry.records import Metric
 
 
-def _targets(logits: torch.Tensor, batch, positions: str = "predictable"):
-    """(logits at the selected positions [n, vocab], their next tokens [n])."""
-    tokens = batch.tokens.to(logits.device)
-    if positions == "all":
-        mask = torch.ones(tokens.shape, dtype=torch.bool, device=logits.device)
-        mask[:, -1] = False
-    else:
-        mask = batch.predictable.to(logits.device)
-        if not bool(mask.any()):
-            raise UsageError(f"the data ({batch.description}) has no predictable positions for this metric")
-    nxt = torch.roll(tokens, -1, dims=1)
-    return logits[mask].float(), nxt[mask]
+def _read(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(mask [batch, pos] or rows/positions, answer per read position [n], wrong [n, n_wrong] or None)."""
+    if hasattr(batch, "answer"):  # a task batch
+        return batch.read.to(device), batch.answer.to(device).reshape(-1), batch.wrong.to(device).reshape(
+            -1, batch.wrong.shape[-1])
+    mask = batch.predictable.to(device)
+    if not bool(mask.any()):
+        raise UsageError(f"the data ({batch.description}) has no predictable positions for this metric")
+    return mask, torch.roll(batch.tokens.to(device), -1, dims=1)[mask], None
+
+
+def _at(logits: torch.Tensor, batch, where: torch.Tensor) -> torch.Tensor:
+    """Logits at the read positions [n, vocab] (float32)."""
+    if hasattr(batch, "answer"):
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        return logits[rows, where].reshape(-1, logits.shape[-1]).float()
+    return logits[where].float()
+
+
+def _targets(logits: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    where, answer, wrong = _read(batch, logits.device)
+    return _at(logits, batch, where), answer, wrong
 
 
 def loss(logits, batch, clean_logits=None) -> float:
-    lg, tgt = _targets(logits, batch)
-    return float(F.cross_entropy(lg, tgt))
+    lg, answer, _ = _targets(logits, batch)
+    return float(F.cross_entropy(lg, answer))
 
 
 def loss_all(logits, batch, clean_logits=None) -> float:
-    lg, tgt = _targets(logits, batch, "all")
-    return float(F.cross_entropy(lg, tgt))
+    tokens = batch.tokens.to(logits.device)
+    return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)))
 
 
 def correct_logit(logits, batch, clean_logits=None) -> float:
-    lg, tgt = _targets(logits, batch)
-    return float(lg.gather(-1, tgt[:, None]).mean())
+    lg, answer, _ = _targets(logits, batch)
+    return float(lg.gather(-1, answer[:, None]).mean())
 
 
 def logit_diff(logits, batch, clean_logits=None) -> float:
-    lg, tgt = _targets(logits, batch)
-    correct = lg.gather(-1, tgt[:, None])[:, 0]
-    others = lg.scatter(-1, tgt[:, None], float("-inf")).max(-1).values
+    lg, answer, wrong = _targets(logits, batch)
+    correct = lg.gather(-1, answer[:, None])[:, 0]
+    if wrong is not None:
+        return float((correct - lg.gather(-1, wrong).mean(-1)).mean())
+    others = lg.scatter(-1, answer[:, None], float("-inf")).max(-1).values
     return float((correct - others).mean())
+
+
+def prob(logits, batch, clean_logits=None) -> float:
+    lg, answer, _ = _targets(logits, batch)
+    return float(torch.softmax(lg, -1).gather(-1, answer[:, None]).mean())
+
+
+def rank(logits, batch, clean_logits=None) -> float:
+    lg, answer, _ = _targets(logits, batch)
+    mine = lg.gather(-1, answer[:, None])
+    return float(((lg > mine).sum(-1) + 1).float().mean())
+
+
+def accuracy(logits, batch, clean_logits=None) -> float:
+    lg, answer, _ = _targets(logits, batch)
+    return float((lg.argmax(-1) == answer).float().mean())
 
 
 def kl(logits, batch, clean_logits=None) -> float:
     if clean_logits is None:
         raise UsageError("the kl metric needs the clean run's logits")
-    lg, _ = _targets(logits, batch)
-    clean, _ = _targets(clean_logits, batch)
-    return float(F.kl_div(F.log_softmax(lg, -1), F.log_softmax(clean, -1), log_target=True,
-                          reduction="batchmean"))
+    lg, _, _ = _targets(logits, batch)
+    clean, _, _ = _targets(clean_logits, batch)
+    return float(F.kl_div(F.log_softmax(lg, -1), F.log_softmax(clean, -1), log_target=True, reduction="batchmean"))
 
 
 @hookimpl
 def circuitry_metrics():
     return [
-        Metric("loss", "next-token loss on the predictable (repeated) positions, nats", loss),
+        Metric("loss", "cross-entropy of the answer (task) or of the next token on predictable positions, nats",
+               loss),
         Metric("loss_all", "next-token loss on every position, nats", loss_all),
-        Metric("correct_logit", "mean logit of the correct next token on predictable positions",
-               correct_logit, lower_is_better=False),
-        Metric("logit_diff", "correct-token logit minus the largest other logit, predictable positions",
-               logit_diff, lower_is_better=False),
-        Metric("kl", "KL(clean || run) of next-token distributions on predictable positions", kl),
+        Metric("correct_logit", "logit of the answer (task) or of the correct next token", correct_logit,
+               lower_is_better=False),
+        Metric("logit_diff", "answer minus the mean wrong answer (task); correct token minus the best other "
+                             "(token data)", logit_diff, lower_is_better=False),
+        Metric("prob", "probability of the answer (task) or of the correct next token", prob, lower_is_better=False),
+        Metric("rank", "rank of the answer among all tokens (1: top prediction)", rank),
+        Metric("accuracy", "fraction of read positions where the answer is the top prediction", accuracy,
+               lower_is_better=False),
+        Metric("kl", "KL(clean || run) of the next-token distributions at the read positions", kl),
     ]
