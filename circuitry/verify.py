@@ -111,6 +111,21 @@ def _batch(spec: CircuitSpec, model: HookedTransformer, data: Any, key: tuple, m
         raise spec.error(key, str(exc)) from None
 
 
+def _task_batch(spec: CircuitSpec, model: HookedTransformer) -> TokenBatch:
+    """The clean prompts of the spec's task, paired with the corrupted ones (errors located in the task)."""
+    from circuitry.budget import require, run_bytes
+    from circuitry.tasks.build import build_batch
+
+    batch = build_batch(spec.task, model)
+    b, p = batch.tokens.shape
+    try:
+        require(2 * run_bytes(model.cfg, b, p), f"the clean and corrupted runs of task {spec.task.name} on {b} x {p} "
+                                                f"tokens")
+    except UsageError as exc:
+        raise spec.error(("task",), str(exc)) from None
+    return batch
+
+
 def _data_key(spec: CircuitSpec, key: str) -> tuple:
     return (key,) if key in spec.document.data else ()
 
@@ -177,6 +192,9 @@ def _clean_run(run: VerifiedRun, needs: frozenset[str], keep_patterns: bool) -> 
 
 def _reference(run: VerifiedRun, data_override: Any, manager: PluginManager) -> None:
     spec = run.spec
+    if run.task is not None and data_override is None:  # the task's corrupted prompts
+        run.reference_batch = run.task.corrupted_batch()
+        return
     if data_override is not None:  # the overriding data with the next seed (or the same data)
         from circuitry.datasets import resolve
 
@@ -195,20 +213,27 @@ def _reference(run: VerifiedRun, data_override: Any, manager: PluginManager) -> 
 
 
 def _sweeps(run: VerifiedRun, plans: dict[str, CheckPlan]) -> dict[str, float]:
-    """One batched sweep per metric over the interventions of every check; seconds per check."""
-    from circuitry.interventions import run_interventions
+    """One batched sweep per metric and direction over the interventions of every check; seconds per check.
 
-    by_metric: dict[str, list[tuple[str, str, Any]]] = {}
+    Noising sweeps run on the clean prompts with the reference (or the task's corrupted prompts) as the
+    source; denoising sweeps run on the task's corrupted prompts with the clean prompts as the source."""
+    from circuitry.interventions import reference_run, run_interventions
+
+    groups: dict[tuple[str, str], list[tuple[str, str, Any]]] = {}
     for check in run.spec.checks:
         for s in plans[check.id].sweeps:
-            by_metric.setdefault(s.metric, []).append((check.id, s.key, s.intervention))
+            groups.setdefault((s.metric, s.direction), []).append((check.id, s.key, s.intervention))
     seconds: dict[str, float] = {}
-    for metric, items in by_metric.items():
+    for (metric, direction), items in groups.items():
         first = next(c for c in run.spec.checks if c.id == items[0][0])
         t = time.perf_counter()
         _, fn = run.metric(metric, first.path)
+        if direction == "denoising":
+            base, source = run.corrupted_run(), reference_run(run.model, run.batch.tokens)
+        else:
+            base, source = run.clean, run.reference()
         try:
-            res = run_interventions(run.model, run.clean, [it for _, _, it in items], fn, reference=run.reference())
+            res = run_interventions(run.model, base, [it for _, _, it in items], fn, reference=source)
         except SpecError:
             raise
         except UsageError as exc:
@@ -253,8 +278,9 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
         model, ref = load_spec_model(spec, model_ref, device)
     model.eval()
     with collecting() as found, torch.inference_mode():
-        batch = _batch(spec, model, data if data is not None else spec.data, _data_key(spec, "data"), manager,
-                       located=data is None)
+        batch = _task_batch(spec, model) if spec.task is not None and data is None else \
+            _batch(spec, model, data if data is not None else spec.data, _data_key(spec, "data"), manager,
+                   located=data is None)
         run = VerifiedRun(spec, model, batch, manager)
         plans = _plan(run)
         needs = _needs(plans)

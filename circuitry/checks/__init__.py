@@ -1,7 +1,7 @@
 """Check kinds: one module per kind of claim, registered as plugins, run on one shared run.
 
-`detector`, `composition`, `intervention`, `faithfulness` and `decomposition`
-are the built-in kinds (registered by the standard plugin `checks` through
+`detector`, `composition`, `intervention`, `faithfulness`, `decomposition`
+and `metric` are the built-in kinds (registered by the standard plugin `checks` through
 `circuitry_check_kinds`, as a third-party kind would be). Each is a
 `circuitry.records.CheckKind`: its schema variant (the spec schema is built
 from the registered kinds), `plan` (validate against the model, say what it
@@ -17,6 +17,6 @@ __all__ = ["NEEDS", "CheckPlan", "CheckResult", "Sweep", "VerifiedRun", "all_hol
 
 def builtin_kinds() -> list:
     """The built-in check kinds, in the order the documentation lists them."""
-    from circuitry.checks import composition, decomposition, detector, faithfulness, intervention
+    from circuitry.checks import composition, decomposition, detector, faithfulness, intervention, metric
 
-    return [m.KIND for m in (detector, composition, intervention, faithfulness, decomposition)]
+    return [m.KIND for m in (detector, composition, intervention, faithfulness, decomposition, metric)]

@@ -32,6 +32,7 @@ class Sweep:
     key: str
     metric: str
     intervention: Any
+    direction: str = "noising"  # noising: on the clean run; denoising: on the corrupted run of a task
 
 
 @dataclass(frozen=True)

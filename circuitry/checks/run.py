@@ -41,6 +41,8 @@ class VerifiedRun:
         self._metric_clean: dict[str, float] = {}
         self._reference: Any = None
         self._decomposition: Any = None
+        self._corrupted: Any = None
+        self._metric_corrupted: dict[str, float] = {}
 
     def for_spec(self, spec: CircuitSpec) -> VerifiedRun:
         """This run for another spec on the same model and data (a spec rewritten with other
@@ -49,6 +51,7 @@ class VerifiedRun:
         other.reference_batch, other.clean, other.swept = self.reference_batch, self.clean, dict(self.swept)
         other._detectors, other._metric_clean = self._detectors, self._metric_clean
         other._reference, other._decomposition = self._reference, self._decomposition
+        other._corrupted, other._metric_corrupted = self._corrupted, self._metric_corrupted
         return other
 
     # locating problems --------------------------------------------------
@@ -114,6 +117,33 @@ class VerifiedRun:
             _, fn = self.metric(name)
             self._metric_clean[name] = float(fn(self.clean.logits, self.batch.tokens))
         return self._metric_clean[name]
+
+    @property
+    def task(self) -> Any:
+        """The task batch (`ContrastiveBatch`) when the spec checks a task, else None."""
+        return self.batch if hasattr(self.batch, "corrupted") else None
+
+    def require_task(self, path: tuple, what: str) -> Any:
+        """The task batch, or a SpecError at `path` saying that `what` needs a task."""
+        if self.task is None:
+            raise self.error(path, f"{what} needs a task (the spec's `task:`, with clean and corrupted prompts)")
+        return self.task
+
+    def corrupted_run(self) -> Any:
+        """The run on the task's corrupted prompts (the base run of denoising), cached like the clean run."""
+        if self._corrupted is None:
+            from circuitry.interventions import clean_run
+
+            self._corrupted = clean_run(self.model, self.task.corrupted, patterns=False)
+        return self._corrupted
+
+    def metric_corrupted(self, name: str) -> float:
+        """The metric's value on the corrupted run of the task (the same answers, read at the same positions)."""
+        if name not in self._metric_corrupted:
+            _, fn = self.metric(name)
+            run = self.corrupted_run()
+            self._metric_corrupted[name] = float(fn(run.logits, run.tokens))
+        return self._metric_corrupted[name]
 
     def reference(self) -> Any:
         """The reference run (caching only what mean and resample ablations read), or None."""

@@ -167,6 +167,10 @@ def spec_schema(manager: Any = None) -> Obj:
                                "the spec's directory, then to the working directory), hf:NAME ..."),
                        required=True),
         "data": Field(DATA, doc="the data of the clean run (default: repeated)"),
+        "task": Field(AnyOf((Str(pattern=r"\S.*", pattern_doc="the path of a task file"), _inline_task_schema())),
+                      doc="a contrastive task instead of data: the path of a task file (relative to the spec) or "
+                          "the task written here; its clean prompts are the data, its corrupted prompts the "
+                          "reference"),
         "reference_data": Field(DATA, doc="data for mean and resample ablations (default: data with seed + 1)"),
         "circuit": Field(Obj({
             "nodes": Field(MapOf(AnyOf((Str(doc="the role"), Obj({
@@ -219,6 +223,7 @@ class CircuitSpec:
     document: Document = field(compare=False, repr=False)
     description: str = ""
     warnings: tuple[str, ...] = ()  # footguns found when the spec loaded (file:line:col: message)
+    task: Any = None  # a circuitry.tasks.format.TaskFile when the spec checks a contrastive task
 
     @property
     def file(self) -> str:
@@ -260,11 +265,44 @@ def _semantics(doc: Document, found: _Problems, manager: Any) -> CircuitSpec | N
     edges = _edges(doc, found, circuit, nodes) if found.clean(("circuit", "nodes")) else []
     checks = _checks(doc, found, data, manager)
     data_spec, ref = _data(doc, found, data, manager)
+    task = _task(doc, found, data)
     if found.errors:
         return None
     spec = CircuitSpec(data["metadata"]["name"], data["model"], data_spec, ref, nodes, tuple(edges), tuple(checks),
-                       doc, data["metadata"].get("description", ""))
+                       doc, data["metadata"].get("description", ""), task=task)
     return replace(spec, warnings=tuple(_role_warnings(spec, manager)))
+
+
+def _inline_task_schema() -> Any:
+    from circuitry.tasks.format import INLINE_SCHEMA
+
+    return INLINE_SCHEMA
+
+
+def _task(doc: Document, found: _Problems, data: dict) -> Any:
+    """The spec's task (a TaskFile), loaded from its file or read inline; None without one."""
+    if "task" not in data or not found.clean(("task",)):
+        return None
+    for key in ("data", "reference_data"):
+        if key in data:
+            found.add(doc.error((key,), f"a spec with a task takes its data from the task (clean prompts) and its "
+                                        f"reference from the task (corrupted prompts): remove {key}", at_key=True))
+    from circuitry.tasks.format import inline_task, load_task
+
+    if isinstance(data["task"], dict):
+        task, errors = inline_task(doc, ("task",))
+        for e in errors:
+            found.add(e)
+        return task
+    try:
+        return load_task(relative_to(doc.file, data["task"]))
+    except SpecError as exc:
+        if exc.mark is None:  # the file itself is missing or unreadable: say so at the spec's line
+            found.add(doc.error(("task",), exc.message))
+        else:
+            for e in getattr(exc, "errors", [exc]):
+                found.add(e)
+        return None
 
 
 def _edges(doc: Document, found: _Problems, circuit: dict, nodes: dict) -> list[Edge]:

@@ -368,6 +368,9 @@ def _from_blocks(task: TaskFile, model: Any) -> ContrastiveBatch:
     if total > model.cfg.n_ctx:
         raise task.error(("blocks", "length"), f"{len(b['clean'])} blocks of {length} tokens make {total} positions, "
                                                f"more than the model's context of {model.cfg.n_ctx}")
+    from circuitry.budget import require
+
+    require(16 * n * total * (len(b["clean"]) + 1), f"task {task.name}: {n} prompts of {total} tokens")
     gen = torch.Generator().manual_seed(seed)
     names = list(dict.fromkeys([*b["clean"], *b["corrupted"]]))
     blocks = {name: random_ids((n, length), model.cfg.d_vocab, special_ids(model), gen) for name in names}
