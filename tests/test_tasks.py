@@ -65,7 +65,7 @@ def test_template_prompts_positions_and_answers(tmp_path, worded):
     tok = Words()
     for i, text in enumerate(batch.clean_text):
         words = text.split()
-        io, s, place = words[1], words[3], words[7]
+        io, s = words[1], words[3]
         assert words[9] == s and io != s  # S occurs twice, IO once, different names
         assert batch.tokens[i].tolist() == [64, *tok.encode(text)]
         cwords = batch.corrupted_text[i].split()
