@@ -41,8 +41,9 @@ class Grid:
     """One heatmap: values [rows, cols] (NaN where a cell has no value) with labels.
 
     kind: "attention" (rows: query positions, cols: key positions),
-    "head_scores" (rows: layers, cols: heads) or "composition" (rows: sender
-    heads, cols: receiver heads). highlight: (row, col) cells to outline
+    "head_scores" (rows: layers, cols: heads), "composition" (rows: sender
+    heads, cols: receiver heads) or "patching" (rows: layers or heads, cols:
+    positions or heads; values: normalised patching effects). highlight: (row, col) cells to outline
     (circuit edges, scores at or above a threshold).
     """
 
@@ -135,6 +136,7 @@ class Figures:
     patterns: tuple[Grid, ...] = ()
     head_scores: tuple[Grid, ...] = ()
     composition: tuple[Grid, ...] = ()
+    patching: tuple[Grid, ...] = ()
     graph: CircuitGraph | None = None
     claims: tuple[Claim, ...] = ()
     passed: bool | None = None  # None: not a verification

@@ -376,6 +376,12 @@ def _section(fig: Figures, uid: str) -> str:
     if fig.head_scores:
         out.append(f'<section class="card" id="{uid}-scores"><h2>Head scores</h2><div class="grids">'
                    + "".join(_figure(g, matrix_table(g)) for g in fig.head_scores) + "</div></section>")
+    if fig.patching:
+        out.append(f'<section class="card" id="{uid}-patching"><h2>Activation patching</h2>'
+                   '<p class="hint">Each cell: the normalised effect of patching that activation, the fraction of '
+                   "the clean-corrupted difference of the metric it carries (1: all of it, 0: none).</p>"
+                   '<div class="grids">' + "".join(_figure(g, matrix_table(g)) for g in fig.patching)
+                   + "</div></section>")
     return "\n".join(out)
 
 

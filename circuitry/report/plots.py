@@ -123,8 +123,8 @@ def heatmaps_figure(grids: Sequence[Grid], title: str = "", columns: int | None 
 
 
 def figures_png(figures: Figures, path: str | Path) -> Path:
-    """The attention patterns of `figures` (or, without them, its score grids) as one PNG."""
-    grids = list(figures.patterns) or [*figures.head_scores, *figures.composition]
+    """The attention patterns of `figures` (or, without them, its patching or score grids) as one PNG."""
+    grids = list(figures.patterns) or list(figures.patching) or [*figures.head_scores, *figures.composition]
     title = f"{figures.title} — {figures.model}" + (f" · {figures.data}" if figures.data else "")
     return save_png(heatmaps_figure(grids, title=title), path)
 
