@@ -316,6 +316,106 @@ def test_previous_token_head_effects_on_the_shipped_model(shipped):
     assert abs(v_edges) < 0.2 and abs(v_edges) < 0.1 * k_edges  # measured +0.02 nats
 
 
+# ------------------------------------------------------ positions and the paired run
+def _row_mask(batch: int, pos: int, seed: int) -> torch.Tensor:
+    """[batch, pos] with two random positions per row (different rows, different positions)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, pos, dtype=torch.bool)
+    for i in range(batch):
+        mask[i, torch.randperm(pos, generator=gen)[:2]] = True
+    return mask
+
+
+def test_records_with_positions_compare_by_their_mask():
+    m = _row_mask(3, 5, 0)
+    assert Ablation("L0H0", at=m) == Ablation("L0H0", at=m.clone())
+    assert Ablation("L0H0", at=m) != Ablation("L0H0", at=_row_mask(3, 5, 1)) != Ablation("L0H0")
+    assert len({EdgePatch(Edge("L0H0", "L1H0", "K"), at=m), EdgePatch(Edge("L0H0", "L1H0", "K"), at=m.clone())}) == 1
+    assert Ablation("L0H0", at=m).name == "zero-ablate L0H0 at 6 positions"
+    col = torch.zeros(3, 5, dtype=torch.bool)
+    col[:, 2] = True
+    assert Ablation("L0H0", "corrupted", at=col).name == "corrupted-ablate L0H0 at pos 2"
+
+
+@pytest.mark.parametrize("which", ["shipped", "ln"])
+def test_ablations_and_edge_patches_at_row_masks_equal_hand_hooks(which, shipped, ln_model):
+    """Different positions in every row; "corrupted" takes row i of the paired run."""
+    model = shipped if which == "shipped" else ln_model
+    tokens, ref = _tokens(model, 5, seed=1), _tokens(model, 5, seed=2)
+    b, p = tokens.shape
+    clean = clean_run(model, tokens)
+    ref_cache, clean_cache = _cache(model, ref), _cache(model, tokens)
+    W_O = model.W_O.detach()
+    mask = _row_mask(b, p, 3)
+    rows, pos = mask.nonzero(as_tuple=True)
+
+    def set_z(layer, h, value):  # value [batch, pos, d_head]
+        def hook(z, hp):
+            z = z.clone()
+            z[rows, pos, h] = value[rows, pos]
+            return z
+        return f"blocks.{layer}.attn.hook_z", hook
+
+    def add_input(kind, layer, h, delta):  # delta [batch, pos, d_model]
+        def hook(x, hp):
+            x = x.clone()
+            x[rows, pos, h] += delta[rows, pos]
+            return x
+        return f"blocks.{layer}.attn.hook_{kind}_input", hook
+
+    z0 = ref_cache["z", 0][:, :, 1]  # L0H1 on the paired run [batch, pos, d_head]
+    sender = (z0 - clean_cache["z", 0][:, :, 1]) @ W_O[0, 1]  # [batch, pos, d_model]
+    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    cases = [
+        (Ablation("L0H1", at=mask), [set_z(0, 1, torch.zeros_like(z0))]),
+        (Ablation("L1H2", "corrupted", at=mask), [set_z(1, 2, ref_cache["z", 1][:, :, 2])]),
+        (Ablation("L0H1", "corrupted", preserve_patterns=True, at=mask),
+         [set_z(0, 1, z0)] + [(f"blocks.{l}.attn.hook_pattern", lambda x, hp, l=l: clean_cache["pattern", l])
+                              for l in range(model.cfg.n_layers)]),
+        (EdgePatch(Edge("L0H1", "L1H3", "K"), "corrupted", at=mask), [add_input("k", 1, 3, sender)]),
+        (EdgePatch(Edge("L0H1", "L1H0", "Q"), "corrupted", at=mask), [add_input("q", 1, 0, sender)]),
+        (EdgePatch(Edge("L0H1", "logits", "direct"), "corrupted", at=mask),
+         [(final, lambda x, hp: x + torch.where(mask[..., None], sender, 0))]),
+    ]
+    if not model.cfg.attn_only:
+        mlp = ref_cache["blocks.0.hook_mlp_out"]
+
+        def set_mlp(x, hp):
+            x = x.clone()
+            x[rows, pos] = mlp[rows, pos]
+            return x
+        cases.append((Ablation("M0", "corrupted", at=mask), [("blocks.0.hook_mlp_out", set_mlp)]))
+    for intervention, hooks in cases:
+        expected = _run(model, tokens, hooks)
+        assert (expected - clean.logits).abs().max() > 1e-3
+        unchanged = (expected - clean.logits)[~mask.cumsum(1).bool()]  # before a row's first masked position
+        assert unchanged.abs().max() < 1e-4
+        for method in ("naive", "batched"):
+            got = run_interventions(model, clean, [intervention], reference=ref, method=method).values[0]
+            torch.testing.assert_close(got, expected, atol=f32_atol(expected), rtol=0,
+                                       msg=lambda m, i=intervention: f"{i.name}: {m}")
+
+
+def test_interventions_that_change_nothing_are_not_run(shipped):
+    tokens = _tokens(shipped, 4, seed=1)
+    ref = tokens.clone()
+    ref[:, -1] = (ref[:, -1] + 1) % 64  # the paired prompts differ only in their last token
+    clean = clean_run(shipped, tokens)
+    early = torch.zeros_like(tokens, dtype=torch.bool)
+    early[:, :-1] = True
+    items = [Ablation("L0H1", "corrupted", at=early), Ablation("L1H0", "corrupted"),
+             EdgePatch(Edge("L0H0", "L1H1", "K"), "corrupted", at=early),
+             Combined((Ablation("L0H2", "corrupted", at=early), Ablation("L1H3", "corrupted", at=early)))]
+    res = run_interventions(shipped, clean, items, reference=ref)
+    naive = run_interventions(shipped, clean, items, reference=ref, method="naive")
+    assert res.n_unchanged == 3 and naive.n_unchanged == 0
+    for i in (0, 2, 3):
+        assert torch.equal(res.values[i], clean.logits)
+    for a, b in zip(naive.values, res.values):
+        torch.testing.assert_close(b, a, atol=f32_atol(a), rtol=0)
+    assert (res.values[1] - clean.logits).abs().max() > 0.1
+
+
 # ------------------------------------------------------------- bad input
 def test_bad_input_gives_usage_errors(shipped):
     tokens = _tokens(shipped, 4, seed=1)
@@ -333,6 +433,12 @@ def test_bad_input_gives_usage_errors(shipped):
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0")], method="fast"), "method"),
         (lambda: run_interventions(shipped, clean, [Ablation("L0H0")], max_batch=0), "max_batch"),
         (lambda: run_interventions(shipped, clean, ["L0H0"]), "not an intervention"),
+        (lambda: run_interventions(shipped, clean, [Ablation("L0H0", "corrupted")]), "needs a reference run"),
+        (lambda: run_interventions(shipped, clean, [Ablation("L0H0", "corrupted")], reference=tokens[:2]),
+         "the reference has 2 rows"),
+        (lambda: run_interventions(shipped, clean, [Ablation("L0H0", at=torch.ones(4, 3, dtype=torch.bool))]),
+         r"at has shape \(4, 3\)"),
+        (lambda: EdgePatch(Edge("L0H0", "L1H0", "K"), at=torch.ones(4, 3)), "bool mask"),
     ]
     for call, words in cases:
         with pytest.raises(UsageError, match=words):

@@ -1,11 +1,16 @@
-"""Intervention mechanics: ablate nodes, patch single edges, freeze patterns, batched sweeps.
+"""Intervention mechanics: ablate nodes, patch single edges or activation sites, freeze patterns, batched sweeps.
 
 Targets: `Node` (head "L{l}H{h}" or MLP "M{l}"), `Edge` (sender -> receiver
-head, kind Q/K/V, or sender -> logits, kind "direct").
-Interventions (frozen records): `Ablation(node, method, preserve_patterns)`,
-`EdgePatch(edge, method)`, `Combined(parts)`; methods "zero", "mean",
-"resample" (see `records` for their exact meaning).
+head, kind Q/K/V, or sender -> logits, kind "direct"), activation `Site`s
+(`circuitry.names`: "L1.resid_pre", "L0.attn_out", "M0", "L1H3", "L1H3.q",
+"L1H3.k_input", "L1H3.pattern" ...).
+Interventions (frozen records): `Ablation(node, method, preserve_patterns, at)`,
+`EdgePatch(edge, method, at)`, `Patch(site, method, at)`, `Combined(parts)`;
+methods "zero", "mean", "resample", "corrupted" (the paired run's activation,
+row-aligned; see `records` for their exact meaning); `at`: None (every
+position) or a bool mask [batch, pos] (`positions`).
 Running: `clean_run(model, tokens)` -> `CleanRun` (shareable);
+`reference_run(model, tokens, interventions)` caches what replacements read;
 `run_interventions(model, clean, interventions, metric, reference=...,
 method="batched" | "naive")` -> `SweepResult`; `run_with_intervention` and
 `intervention_hooks` for a single full run. Everything runs under
@@ -25,10 +30,14 @@ from circuitry.interventions.records import (
     EdgePatch,
     Intervention,
     Metric,
+    Patch,
     SweepResult,
     clean_hook_names,
     clean_run,
+    node_site,
     parts_of,
+    patched_site_names,
+    reference_names,
     reference_run,
 )
 from circuitry.interventions.sweep import (
@@ -41,7 +50,8 @@ from circuitry.interventions.targets import EDGE_KINDS, LOGITS, Edge, Node, all_
 
 __all__ = [
     "METHODS", "EDGE_KINDS", "LOGITS", "Node", "Edge", "all_heads", "all_mlps",
-    "Ablation", "EdgePatch", "Combined", "Intervention", "Metric", "parts_of",
-    "CleanRun", "clean_run", "reference_run", "clean_hook_names", "SweepResult",
+    "Ablation", "EdgePatch", "Patch", "Combined", "Intervention", "Metric", "parts_of", "node_site",
+    "CleanRun", "clean_run", "reference_run", "reference_names", "clean_hook_names", "patched_site_names",
+    "SweepResult",
     "run_interventions", "run_with_intervention", "intervention_hooks", "default_max_batch",
 ]

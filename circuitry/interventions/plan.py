@@ -6,18 +6,27 @@ residual stream: stage 2l is the residual entering block l (hook_resid_pre),
 stage 2l+1 the residual entering the MLP of block l (hook_resid_mid, models
 with sequential MLPs only), stage 2L the final residual (before ln_final).
 
-Every atomic part (Ablation, EdgePatch) becomes an `Action`:
+Every atomic part (Ablation, EdgePatch, Patch) becomes an `Action`:
 - `stage`: the earliest stage whose residual it changes;
-- `start_delta` [batch, pos, d_model]: for node ablations and direct edges,
-  the change of the residual at `stage` (new output - clean output); when a
-  run starts exactly there, it is added to the cached clean residual instead
-  of recomputing the layer (a head ablated in layer l changes the residual
-  after that layer's attention by (z_new - z_clean) @ W_O[h]);
+- `start`: the change of the residual at `stage`, made on the starting
+  residual when a run starts exactly there, instead of recomputing the layer.
+  A component's output (a head's z, an attention or MLP output, a sender on
+  a direct edge) adds its change, new output - clean output, at its positions
+  (a head ablated in layer l changes the residual after that layer's
+  attention by (z_new - z_clean) @ W_O[h]); a patched residual stream is set.
+  None for changes inside a layer (q/k/v, their inputs, patterns): the run
+  starts at the layer's input and hooks make them;
+- `rank`: the order of one copy's starts and hooks, as a run meets them:
+  components' changes (0), then sets of a block's output (1), then sets of
+  the next block's input (2);
 - `hooks`: the same change made inside a run that computes the component
   (used when the run starts earlier, and by the naive method);
 - `always`: hooks needed whatever the start (Q/K/V inputs of a receiver,
   frozen patterns).
-A hook modifier `fn(x, rows)` edits rows `rows` of a cloned activation in place.
+A modifier `fn(x, rows)` edits rows `rows` of a cloned activation (or of the
+starting residual) in place. Actions are built when a pass needs them and
+released after it (`Context.release`); `Context.stage` and
+`Context.unchanged` validate and classify parts without building them.
 """
 
 from __future__ import annotations
@@ -29,16 +38,20 @@ from dataclasses import dataclass, field
 import torch
 
 from circuitry.errors import UsageError
-from circuitry.interventions.records import Ablation, CleanRun, EdgePatch, Part
-from circuitry.interventions.targets import Node
+from circuitry.interventions.positions import fit_mask
+from circuitry.interventions.records import Ablation, CleanRun, EdgePatch, Part, node_site, part_site
+from circuitry.names import Site, check_site
 
 Modifier = Callable[..., None]  # (activation, rows) -> None: changes the rows of the activation in place
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post")
+OUTPUT_SITES = ("z", "attn_out", "mlp_out")  # a component's output: its change is added to the residual
 
 
 @dataclass
 class Action:
     stage: int
-    start_delta: torch.Tensor | None = None  # [batch, pos, d_model] (or broadcastable)
+    start: Modifier | None = None  # applied to the starting residual [rows, pos, d_model] at `stage`
+    rank: int = 0
     hooks: list[tuple[str, Modifier]] = field(default_factory=list)
     always: list[tuple[str, Modifier]] = field(default_factory=list)
 
@@ -46,6 +59,25 @@ class Action:
 def stage_layers(stage: int, n_layers: int) -> float:
     """Blocks a run starting at `stage` computes (a start at an MLP counts half a block)."""
     return n_layers - stage / 2
+
+
+def _setter(idx: tuple, new: torch.Tensor, mask: torch.Tensor | None) -> Modifier:
+    """Set x[rows, *idx] (a [rows, pos, ...] view) to `new` [rows or 1, pos, ...] at the mask's positions."""
+    def set_(x: torch.Tensor, rows: slice) -> None:
+        key = (rows, *idx)
+        x[key] = new if mask is None else torch.where(mask[:, :, None], new, x[key])
+    return set_
+
+
+def _adder(delta: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor] | None) -> Modifier:
+    """Add `delta` to x[rows]: [rows or 1, pos, d_model], or [n, d_model] at the n (row, position) pairs `where`."""
+    def add(x: torch.Tensor, rows: slice) -> None:
+        if where is None:
+            x[rows] += delta
+        else:
+            view = x[rows]
+            view[where] += delta
+    return add
 
 
 class Context:
@@ -59,8 +91,9 @@ class Context:
             raise UsageError(f"the reference batch has {reference.tokens.shape[1]} positions, fewer than "
                              f"the clean batch ({self.pos}); it needs at least as many")
         self._W_O: torch.Tensor | None = None
-        self._new: dict[tuple[Node, str], torch.Tensor] = {}
+        self._new: dict[tuple[Site, str], torch.Tensor] = {}
         self._actions: dict[Part, Action] = {}
+        self._checked: dict[Part, tuple[int, bool | None]] = {}  # part -> (stage, unchanged or None: not known)
 
     # ---------------------------------------------------------------- reads
     @property
@@ -72,8 +105,9 @@ class Context:
     @staticmethod
     def _act(run: CleanRun, name: str, what: str) -> torch.Tensor:
         if name not in run.cache:
-            hint = (" (make it with clean_run(model, tokens), patterns=True for pattern-preserving ablations)"
-                    if what == "clean" else "")
+            hint = {"clean": " (make it with clean_run(model, tokens, extra=patched_site_names(interventions)), "
+                             "patterns=True for pattern-preserving ablations)",
+                    "reference": " (make it with reference_run(model, tokens, interventions))"}.get(what, "")
             raise UsageError(f"the {what} run's cache lacks {name!r}{hint}")
         return run.cache[name]
 
@@ -88,93 +122,175 @@ class Context:
         l, mid = divmod(stage, 2)
         return self.clean_act(f"blocks.{l}.hook_resid_mid" if mid else f"blocks.{l}.hook_resid_pre")
 
-    def _raw_name(self, node: Node) -> str:
-        return f"blocks.{node.layer}.attn.hook_z" if node.is_head else f"blocks.{node.layer}.hook_mlp_out"
+    def _hook_of(self, run: CleanRun, site: Site) -> str:
+        """The hook a run's cache holds the site under (a block's output is also the next block's input)."""
+        name = site.hook
+        if site.kind == "resid_post" and name not in run.cache and site.layer < self.cfg.n_layers - 1:
+            return f"blocks.{site.layer + 1}.hook_resid_pre"
+        return name
 
-    def _raw(self, run: CleanRun, node: Node, what: str) -> torch.Tensor:
-        """The node's raw activation: z_h [batch, pos, d_head] for a head, mlp_out [batch, pos, d_model]."""
-        act = self._act(run, self._raw_name(node), what)[:, : self.pos]
-        return act[:, :, node.head] if node.is_head else act
+    def site_value(self, run: CleanRun, site: Site, what: str) -> torch.Tensor:
+        """The site's activation in `run`, first `pos` positions: [batch, pos, d_model] for a layer site, the
+        head's slice [batch, pos, d_head or d_model] for a head site, its pattern [batch, q, k]."""
+        act = self._act(run, self._hook_of(run, site), what)
+        if site.kind == "pattern":
+            return act[:, site.head, : self.pos, : self.pos]
+        act = act[:, : self.pos]
+        return act if site.head is None else act[:, :, site.head]
 
-    def clean_raw(self, node: Node) -> torch.Tensor:
-        return self._raw(self.clean, node, "clean")
+    def has_clean(self, site: Site) -> bool:
+        return self._hook_of(self.clean, site) in self.clean.cache
 
-    def new_raw(self, node: Node, method: str) -> torch.Tensor:
-        """The replacement raw activation [batch or 1, pos, ...] of `node` under `method`."""
-        key = (node, method)
+    def clean_value(self, site: Site) -> torch.Tensor:
+        return self.site_value(self.clean, site, "clean")
+
+    def _zeros(self, site: Site) -> torch.Tensor:
+        cfg = self.cfg
+        width = {"z": cfg.d_head, "q": cfg.d_head, "k": cfg.d_head, "v": cfg.d_head,
+                 "pattern": self.pos}.get(site.kind, cfg.d_model)
+        return torch.zeros(1, self.pos, width, dtype=self.clean.logits.dtype, device=self.clean.logits.device)
+
+    def new_value(self, site: Site, method: str) -> torch.Tensor:
+        """The replacement [batch or 1, pos, ...] of the site's activation under `method`."""
+        key = (site, method)
         if key not in self._new:
-            clean = self.clean_raw(node)
             if method == "zero":
-                new = torch.zeros_like(clean[:1])
+                new = self._zeros(site)
+            elif method == "corrupted":
+                ref = self.reference
+                if ref is None:
+                    raise UsageError(f"{site}: the method 'corrupted' needs a reference run, the paired prompts "
+                                     f"(reference=...: the corrupted prompts for noising, the clean ones for "
+                                     f"denoising)")
+                if ref.tokens.shape[0] != self.batch:
+                    raise UsageError(f"{site}: the method 'corrupted' pairs row i with reference row i, but the "
+                                     f"reference has {ref.tokens.shape[0]} rows and the run {self.batch}")
+                new = self.site_value(ref, site, "reference")
             else:
                 src = self.reference or self.clean
-                ref = self._raw(src, node, "reference" if self.reference else "clean")
+                ref_act = self.site_value(src, site, "reference" if self.reference else "clean")
                 if method == "mean":
-                    new = ref.mean(0, keepdim=True)  # [1, pos, ...]: per position, over the batch
+                    new = ref_act.mean(0, keepdim=True)  # [1, pos, ...]: per position, over the batch
                 else:  # resample: same positions, another sequence, never the row itself
                     idx = resample_rows(self.clean.tokens[:, : self.pos], src.tokens[:, : self.pos],
                                         start=0 if self.reference is not None else 1)
-                    new = ref[idx]
+                    new = ref_act[idx]
             self._new[key] = new
         return self._new[key]
 
-    def output(self, node: Node, raw: torch.Tensor) -> torch.Tensor:
-        """What the node writes into the residual stream given its raw activation [.., pos, d_model]."""
-        if node.is_head:
-            return raw @ self.W_O[node.layer, node.head]
+    def mask(self, part: Part) -> torch.Tensor | None:
+        return fit_mask(part.at, self.batch, self.pos, self.clean.tokens.device, part.name)
+
+    def output(self, site: Site, raw: torch.Tensor) -> torch.Tensor:
+        """What a z / attn_out / mlp_out activation writes into the residual stream [..., d_model]."""
+        if site.kind == "z":
+            return raw @ self.W_O[site.layer, site.head]
         return raw
 
-    def sender_delta(self, node: Node, method: str) -> torch.Tensor:
-        """sender_new - sender_clean [batch, pos, d_model]."""
-        return self.output(node, self.new_raw(node, method) - self.clean_raw(node))
+    def _output_delta(self, site: Site, method: str, mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple | None]:
+        """(new - clean) output: [batch or 1, pos, d_model] for mask None, else ([n, d_model], (rows, positions))
+        at the n True entries of the mask."""
+        new, clean = self.new_value(site, method), self.clean_value(site)
+        if mask is None:
+            return self.output(site, new - clean), None
+        where = mask.nonzero(as_tuple=True)
+        new = new.expand_as(clean)
+        return self.output(site, new[where] - clean[where]), where
+
+    # ------------------------------------------------------------ classify
+    def _site_stage(self, site: Site) -> int:
+        l, cfg = site.layer, self.cfg
+        sequential_mlp = not cfg.attn_only and not cfg.parallel_attn_mlp
+        if site.kind in ("z", "attn_out"):
+            return 2 * l + 1 if sequential_mlp else 2 * l + 2
+        return 2 * l + {"resid_mid": 1, "resid_post": 2, "mlp_out": 2}.get(site.kind, 0)
+
+    def _check(self, part: Part) -> tuple[int, bool | None]:
+        """(stage, unchanged): validates the part against the model, its positions and the runs."""
+        if part not in self._checked:
+            mask = self.mask(part)
+            if isinstance(part, EdgePatch):
+                edge = part.edge.check(self.cfg)
+                site = node_site(edge.sender)
+                stage = 2 * self.cfg.n_layers if edge.kind == "direct" else 2 * edge.receiver.layer  # type: ignore[union-attr]
+            else:
+                if isinstance(part, Ablation):
+                    part.node.check(self.cfg)
+                    if part.preserve_patterns:
+                        for l in range(self.cfg.n_layers):
+                            self.clean_act(f"blocks.{l}.attn.hook_pattern")
+                site = check_site(part_site(part), self.cfg)
+                stage = self._site_stage(site)
+            new = self.new_value(site, part.method)
+            unchanged = None
+            if self.has_clean(site):
+                clean = self.clean_value(site)
+                new = new.expand_as(clean)
+                unchanged = torch.equal(new, clean) if mask is None else torch.equal(new[mask], clean[mask])
+            self._checked[part] = (stage, unchanged)
+        return self._checked[part]
+
+    def stage(self, part: Part) -> int:
+        """The earliest stage the part changes (validating it first)."""
+        return self._check(part)[0]
+
+    def unchanged(self, part: Part) -> bool:
+        """True when the part provably changes nothing: every replacement equals the clean value it replaces,
+        bit for bit, at every position it acts on (False when the clean run does not hold the site)."""
+        return bool(self._check(part)[1])
 
     # -------------------------------------------------------------- actions
     def action(self, part: Part) -> Action:
         if part not in self._actions:
+            self._check(part)
             self._actions[part] = self._build(part)
         return self._actions[part]
 
+    def release(self) -> None:
+        """Forget the built actions (their deltas); replacements and checks stay."""
+        self._actions.clear()
+
     def _build(self, part: Part) -> Action:
-        cfg = self.cfg
-        L = cfg.n_layers
-        if isinstance(part, Ablation):
-            node = part.node.check(cfg)
-            new = self.new_raw(node, part.method)
-            if node.is_head:
-                sequential_mlp = not cfg.attn_only and not cfg.parallel_attn_mlp
-                stage = 2 * node.layer + 1 if sequential_mlp else 2 * node.layer + 2
-                h = node.head
-
-                def set_z(x: torch.Tensor, rows: slice, h=h, new=new) -> None:
-                    x[rows, :, h] = new
-
-                hooks: list[tuple[str, Modifier]] = [(f"blocks.{node.layer}.attn.hook_z", set_z)]
-            else:
-                stage = 2 * node.layer + 2
-
-                def set_out(x: torch.Tensor, rows: slice, new=new) -> None:
-                    x[rows] = new
-
-                hooks = [(f"blocks.{node.layer}.hook_mlp_out", set_out)]
-            always = self._freeze_patterns() if part.preserve_patterns else []
-            return Action(stage, self.sender_delta(node, part.method), hooks, always)
+        mask = self.mask(part)
         if isinstance(part, EdgePatch):
-            edge = part.edge.check(cfg)
-            delta = self.sender_delta(edge.sender, part.method)
-            if edge.kind == "direct":
-                def add_final(x: torch.Tensor, rows: slice, delta=delta) -> None:
-                    x[rows] += delta
+            return self._edge_action(part, mask)
+        site = check_site(part_site(part), self.cfg)
+        act = self._site_action(site, part.method, mask)
+        if isinstance(part, Ablation) and part.preserve_patterns:
+            act.always = self._freeze_patterns()
+        return act
 
-                return Action(2 * L, delta, [(f"blocks.{L - 1}.hook_resid_post", add_final)])
-            recv = edge.receiver
-            assert recv is not None
-            name = f"blocks.{recv.layer}.attn.hook_{edge.kind.lower()}_input"  # [batch, pos, head, d_model]
+    def _site_action(self, site: Site, method: str, mask: torch.Tensor | None) -> Action:
+        new = self.new_value(site, method)
+        idx: tuple = () if site.head is None else ((site.head,) if site.kind == "pattern" else (slice(None), site.head))
+        setter = _setter(idx, new, mask)
+        hooks = [(site.hook, setter)]
+        stage = self._site_stage(site)
+        if site.kind in RESID_SITES:
+            return Action(stage, setter, 1 if site.kind == "resid_post" else 2, hooks)
+        if site.kind in OUTPUT_SITES:
+            delta, where = self._output_delta(site, method, mask)
+            return Action(stage, _adder(delta, where), 0, hooks)
+        return Action(stage, None, 0, hooks)  # inside the layer: q, k, v, their inputs, patterns
 
-            def add_input(x: torch.Tensor, rows: slice, h=recv.head, delta=delta) -> None:
-                x[rows, :, h] += delta
+    def _edge_action(self, part: EdgePatch, mask: torch.Tensor | None) -> Action:
+        edge = part.edge.check(self.cfg)
+        site = node_site(edge.sender)
+        delta, where = self._output_delta(site, part.method, mask)
+        if edge.kind == "direct":
+            L = self.cfg.n_layers
+            add = _adder(delta, where)
+            return Action(2 * L, add, 0, [(f"blocks.{L - 1}.hook_resid_post", add)])
+        recv = edge.receiver
+        assert recv is not None
+        name = f"blocks.{recv.layer}.attn.hook_{edge.kind.lower()}_input"  # [batch, pos, head, d_model]
+        add_head = _adder(delta, where)
 
-            return Action(2 * recv.layer, None, [], [(name, add_input)])
-        raise UsageError(f"not an intervention part: {part!r}")
+        def add_input(x: torch.Tensor, rows: slice, h=recv.head) -> None:
+            head_in = x[:, :, h]  # [batch, pos, d_model], a view
+            add_head(head_in, rows)
+
+        return Action(2 * recv.layer, None, 0, [], [(name, add_input)])
 
     def _freeze_patterns(self) -> list[tuple[str, Modifier]]:
         out: list[tuple[str, Modifier]] = []
@@ -189,13 +305,26 @@ class Context:
         return out
 
 
-def hook_specs(mods: dict[str, list[tuple[slice, Modifier]]]) -> list[tuple[str, Callable]]:
-    """One hook per hook point: clone the activation once, apply every copy's modifier to its rows."""
+def check_targets(cfg, parts: list[Part]) -> None:
+    """A UsageError for the first part whose node, edge or site the model lacks (before anything runs)."""
+    for part in parts:
+        if isinstance(part, EdgePatch):
+            part.edge.check(cfg)
+        elif isinstance(part, Ablation):
+            part.node.check(cfg)
+        else:
+            check_site(part.site, cfg)
+
+
+def hook_specs(mods: dict[str, list[tuple[int, slice, Modifier]]]) -> list[tuple[str, Callable]]:
+    """One hook per hook point: clone the activation once, apply every copy's modifier to its rows, by rank."""
     specs = []
     for name, items in mods.items():
-        def hook(x: torch.Tensor, hp, items=items) -> torch.Tensor:
+        ordered = [(rows, fn) for _, rows, fn in sorted(items, key=lambda item: item[0])]
+
+        def hook(x: torch.Tensor, hp, ordered=ordered) -> torch.Tensor:
             y = x.clone()
-            for rows, fn in items:
+            for rows, fn in ordered:
                 fn(y, rows)
             return y
 
@@ -207,21 +336,24 @@ def collect(ctx: Context, parts_by_copy: list[tuple[slice, tuple[Part, ...]]], s
             resid: torch.Tensor | None) -> list[tuple[str, Callable]]:
     """Hooks for copies (rows, parts) of a run starting at `start_stage`.
 
-    Parts whose start delta applies exactly at `start_stage` are added to
-    `resid` (the starting residual, edited in place) instead of hooked;
+    Parts whose start applies exactly at `start_stage` change `resid` (the
+    starting residual, edited in place, by rank) instead of being hooked;
     resid=None (a run from the embedding) hooks everything.
     """
-    mods: dict[str, list[tuple[slice, Modifier]]] = defaultdict(list)
+    mods: dict[str, list[tuple[int, slice, Modifier]]] = defaultdict(list)
+    starts: list[tuple[int, slice, Modifier]] = []
     for rows, parts in parts_by_copy:
         for part in parts:
             act = ctx.action(part)
-            if resid is not None and act.start_delta is not None and act.stage == start_stage:
-                resid[rows] += act.start_delta
+            if resid is not None and act.start is not None and act.stage == start_stage:
+                starts.append((act.rank, rows, act.start))
             else:
                 for name, fn in act.hooks:
-                    mods[name].append((rows, fn))
+                    mods[name].append((act.rank, rows, fn))
             for name, fn in act.always:
-                mods[name].append((rows, fn))
+                mods[name].append((act.rank, rows, fn))
+    for _, rows, fn in sorted(starts, key=lambda item: item[0]):
+        fn(resid, rows)
     return hook_specs(mods)
 
 

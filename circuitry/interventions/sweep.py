@@ -4,9 +4,12 @@ Batched sweeps stack the clean batch once per intervention along the batch
 dimension (each copy carries its own intervention, applied to its rows only),
 split into chunks of at most `max_batch` rows, and start every chunk at the
 latest stage its copies allow: the cached clean residual there, repeated,
-plus the copies' start deltas (see `circuitry.interventions.plan`). Copies
+changed by the copies' starts (see `circuitry.interventions.plan`). Copies
 with different start stages never share a pass, so no copy computes a block
-it does not need. The metric is evaluated per copy on logits made from the
+it does not need, and interventions that change nothing (every replacement
+equals the clean activation it replaces, as for positions before the first
+token where clean and corrupted prompts differ) are not run: their value is
+the clean run's. The metric is evaluated per copy on logits made from the
 final residual, so full logits for all copies are never held at once.
 """
 
@@ -18,17 +21,19 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from circuitry.errors import UsageError
-from circuitry.interventions.plan import Context, collect, stage_layers
+from circuitry.interventions.plan import Context, check_targets, collect, stage_layers
 from circuitry.interventions.records import (
     Ablation,
     CleanRun,
     EdgePatch,
     Intervention,
     Metric,
+    Patch,
     SweepResult,
     as_interventions,
     clean_run,
     parts_of,
+    patched_site_names,
     reference_run,
 )
 
@@ -39,19 +44,27 @@ def _needs_patterns(items: Iterable[Intervention]) -> bool:
     return any(isinstance(p, Ablation) and p.preserve_patterns for it in items for p in parts_of(it))
 
 
-def _as_clean(model, clean: CleanRun | torch.Tensor, patterns: bool) -> CleanRun:
+def _needs_head_inputs(items: Iterable[Intervention]) -> bool:
+    """Whether a run materialises per-head Q/K/V inputs [batch, pos, head, d_model] (edge or input patches)."""
+    return any((isinstance(p, EdgePatch) and p.edge.kind != "direct")
+               or (isinstance(p, Patch) and p.site.kind.endswith("_input"))
+               for it in items for p in parts_of(it))
+
+
+def _as_clean(model, clean: CleanRun | torch.Tensor, items: tuple[Intervention, ...]) -> CleanRun:
     if isinstance(clean, CleanRun):
         return clean
     if isinstance(clean, torch.Tensor):
-        return clean_run(model, clean, patterns=patterns)
+        return clean_run(model, clean, patterns=_needs_patterns(items), extra=patched_site_names(items))
     raise UsageError(f"clean must be a CleanRun or a token tensor [batch, pos], got {type(clean).__name__}")
 
 
-def _as_reference(model, reference: CleanRun | torch.Tensor | None) -> CleanRun | None:
+def _as_reference(model, reference: CleanRun | torch.Tensor | None,
+                  items: tuple[Intervention, ...] | None = None) -> CleanRun | None:
     if reference is None or isinstance(reference, CleanRun):
         return reference
     if isinstance(reference, torch.Tensor):
-        return reference_run(model, reference)
+        return reference_run(model, reference, items)
     raise UsageError(f"reference must be a CleanRun, a token tensor [batch, pos] or None, "
                      f"got {type(reference).__name__}")
 
@@ -64,7 +77,8 @@ def intervention_hooks(model, clean: CleanRun, intervention: Intervention,
     `model.run_with_cache(clean.tokens, hooks=hooks)` under torch.inference_mode().
     """
     with torch.inference_mode():
-        ctx = Context(model, clean, _as_reference(model, reference))
+        check_targets(model.cfg, list(parts_of(intervention)))
+        ctx = Context(model, clean, _as_reference(model, reference, (intervention,)))
         return collect(ctx, [(slice(None), parts_of(intervention))], 0, None)
 
 
@@ -72,7 +86,8 @@ def run_with_intervention(model, clean: CleanRun | torch.Tensor, intervention: I
                           reference: CleanRun | torch.Tensor | None = None) -> torch.Tensor:
     """Logits [batch, pos, d_vocab] of one full run with `intervention` applied."""
     with torch.inference_mode():
-        clean = _as_clean(model, clean, _needs_patterns([intervention]))
+        check_targets(model.cfg, list(parts_of(intervention)))
+        clean = _as_clean(model, clean, (intervention,))
         return model.run_with_hooks(clean.tokens, intervention_hooks(model, clean, intervention, reference))
 
 
@@ -120,7 +135,9 @@ def _value(metric: Metric | None, logits: torch.Tensor, tokens: torch.Tensor) ->
 
 
 def _chunks(idxs: list[int], per_chunk: int) -> list[list[int]]:
-    """Split into ceil(n / per_chunk) chunks of nearly equal size."""
+    """Split into ceil(n / per_chunk) chunks of nearly equal size (none for no items)."""
+    if not idxs:
+        return []
     n_chunks = math.ceil(len(idxs) / per_chunk)
     size, extra = divmod(len(idxs), n_chunks)
     out, start = [], 0
@@ -134,19 +151,22 @@ def _chunks(idxs: list[int], per_chunk: int) -> list[list[int]]:
 def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequence[Intervention],
                       metric: Metric | None = None, *, reference: CleanRun | torch.Tensor | None = None,
                       method: str = "batched", max_batch: int | None = None,
-                      memory_budget: float | None = None) -> SweepResult:
+                      memory_budget: float | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Run each intervention on the clean tokens and return its metric value (or logits).
 
     clean: a CleanRun (shared with other callers) or tokens [batch, pos].
     metric(logits [batch, pos, d_vocab], tokens [batch, pos]) -> float or tensor
     (0-d or [batch]); None returns the logits of every intervention.
-    reference: tokens or a CleanRun for "mean" and "resample" (see records.METHODS).
+    reference: tokens or a CleanRun for "mean", "resample" and "corrupted" (see records.METHODS);
+    tokens are run once, caching what the interventions read.
     method "batched" (default): copies stacked along the batch, at most
     max_batch rows per pass (default: what fits memory_budget bytes; by default the memory budget of
     `circuitry.budget`, CIRCUITRY_MEMORY_BUDGET), each
-    pass starting at its copies' common stage. "naive": one full forward
-    pass per intervention, all changes made by hooks (the reference).
+    pass starting at its copies' common stage; interventions that change nothing are not run.
+    "naive": one full forward pass per intervention, all changes made by hooks (the reference).
     Both give the same values up to float rounding.
+    progress(done, total): called after every pass with the interventions done so far.
     """
     if method not in RUN_METHODS:
         raise UsageError(f"method must be one of {', '.join(RUN_METHODS)}, got {method!r}")
@@ -154,43 +174,53 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
         raise UsageError(f"max_batch must be a positive integer, got {max_batch!r}")
     items = as_interventions(interventions)
     with torch.inference_mode():
-        clean = _as_clean(model, clean, _needs_patterns(items))
-        ctx = Context(model, clean, _as_reference(model, reference))
+        check_targets(model.cfg, [part for it in items for part in parts_of(it)])
+        clean = _as_clean(model, clean, items)
+        ctx = Context(model, clean, _as_reference(model, reference, items))
         tokens = clean.tokens
         b, pos = tokens.shape
         L = model.cfg.n_layers
         values: list[torch.Tensor | None] = [None] * len(items)
         parts = [parts_of(it) for it in items]
-        for p in parts:  # validate every intervention before running any
-            for part in p:
-                ctx.action(part)
-        n_passes, row_layers = 0, 0.0
+        stages = [min(ctx.stage(part) for part in p) for p in parts]  # validates every intervention first
+        n_passes, row_layers, done = 0, 0.0, 0
+        unchanged = [method == "batched" and all(ctx.unchanged(part) for part in p) for p in parts]
+        if any(unchanged):
+            clean_value = _value(metric, clean.logits, tokens)
+            for i in (i for i, u in enumerate(unchanged) if u):
+                values[i] = clean_value
+                done += 1
         if method == "naive":
             for i, p in enumerate(parts):
                 hooks = collect(ctx, [(slice(None), p)], 0, None)
                 logits = model.run_with_hooks(tokens, hooks)
+                ctx.release()
                 values[i] = _value(metric, logits, tokens)
-                n_passes += 1
+                n_passes, done = n_passes + 1, done + 1
                 row_layers += b * L
+                if progress is not None:
+                    progress(done, len(items))
         else:
-            stages = [min(ctx.action(part).stage for part in p) for p in parts]
             if max_batch is None:
-                edges = any(isinstance(part, EdgePatch) and part.edge.kind != "direct" for p in parts for part in p)
-                max_batch = default_max_batch(model.cfg, pos, memory_budget, per_head_inputs=edges)
+                max_batch = default_max_batch(model.cfg, pos, memory_budget, per_head_inputs=_needs_head_inputs(items))
             per_chunk = max(1, max_batch // b)
             for stage in sorted(set(stages)):
-                group = [i for i, s in enumerate(stages) if s == stage]
+                group = [i for i, s in enumerate(stages) if s == stage and not unchanged[i]]
                 for chunk in _chunks(group, per_chunk):
                     n = len(chunk)
                     resid = ctx.stage_resid(stage).repeat(n, 1, 1)  # [n * batch, pos, d_model]
                     copies = [(slice(j * b, (j + 1) * b), parts[i]) for j, i in enumerate(chunk)]
                     hooks = collect(ctx, copies, stage, resid)
+                    ctx.release()
                     with model.hooks(hooks):
                         final = _run_from_stage(model, tokens.repeat(n, 1), resid, stage)
+                    del hooks
                     for (rows, _), i in zip(copies, chunk):
                         logits = model.unembed_resid(model.ln_final(final[rows]))
                         values[i] = _value(metric, logits, tokens)
-                    n_passes += 1
+                    n_passes, done = n_passes + 1, done + n
                     row_layers += n * b * stage_layers(stage, L)
+                    if progress is not None:
+                        progress(done, len(items))
     return SweepResult(items, tuple(values), n_passes, row_layers, method,  # type: ignore[arg-type]
-                       tuple(it.name for it in items))
+                       tuple(it.name for it in items), sum(unchanged))
