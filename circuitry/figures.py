@@ -403,3 +403,46 @@ def figures_for_heads(model: HookedTransformer, tokens: torch.Tensor | Sequence[
     ref = model.source or cfg.name or "model"
     return Figures(title=title or f"attention of {', '.join(names)}", model=str(ref), data=data,
                    tokens=token_labels(model, ids), patterns=attention_grids(model, cache, ids, names))
+
+
+# ------------------------------------------------------------------ activation patching
+def patching_grids(result: Any) -> tuple[Grid, ...]:
+    """The heatmaps of one `circuitry.patching.PatchingResult`: normalised effects (the raw metric when
+    they could not be normalised), [layer, pos], [layer] or [layer, head] as one grid, [layer, head, pos]
+    as one grid per layer."""
+    import torch
+
+    normalised = result.normalised.double()
+    use = normalised if bool(torch.isfinite(normalised).any()) else result.values.double()
+    what, dims = result.what, result.dims
+    note = (f"{result.direction}; metric clean {result.clean:.4g}, corrupted {result.corrupted:.4g}"
+            + ("" if use is normalised else "; values: the metric itself (the runs do not differ enough to "
+                                            "normalise)"))
+    rng = (-1.0, 1.0) if use is normalised else _finite_range(use)
+    if dims == ("layer", "head", "pos"):
+        return tuple(Grid(f"patch-{what}-L{l}", "patching", f"{what}: layer {l}", _rows(use[l]),
+                          result.heads, result.positions, "head", "position", rng, note=note)
+                     for l in range(use.shape[0]))
+    if dims == ("layer",):
+        return (Grid(f"patch-{what}", "patching", what, _rows(use[:, None]), result.layers, ("all positions",),
+                     "layer", "", rng, note=note),)
+    cols = result.positions if dims == ("layer", "pos") else result.heads
+    return (Grid(f"patch-{what}", "patching", what, _rows(use), result.layers, cols, "layer", dims[1], rng,
+                 note=note),)
+
+
+def figures_for_patching(results: Sequence[Any], model: str, data: str) -> Figures:
+    """The page of `circuitry patch`: one section of heatmaps per patched activation."""
+    grids = tuple(g for r in results for g in patching_grids(r))
+    return Figures(title=f"activation patching of {model}", model=model, data=data, patching=grids)
+
+
+def _finite_range(t: Any) -> tuple[float, float]:
+    import torch
+
+    finite = t[torch.isfinite(t)]
+    if not finite.numel():
+        return (0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    m = max(abs(lo), abs(hi)) or 1.0
+    return (-m, m) if lo < 0 else (0.0, m)

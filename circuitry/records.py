@@ -110,7 +110,9 @@ class Intervention:
     """A way to change a run (zero / mean / resample ablation, edge patching ...).
 
     build(target, **params) returns one part for the intervention engine: an
-    `Ablation` of a node or an `EdgePatch` of an edge (circuitry.interventions).
+    `Ablation` of a node, an `EdgePatch` of an edge or a `Patch` of an activation
+    site (circuitry.interventions); `at` (a bool mask [batch, pos]) is passed
+    when the intervention acts on some positions only.
     """
 
     name: str
@@ -251,9 +253,9 @@ def _source_names(rec: ModelSource, result: Any, args: tuple, kwargs: dict) -> s
 
 
 def _intervention_build(rec: Intervention, result: Any, args: tuple, kwargs: dict) -> str | None:
-    from circuitry.interventions import Ablation, EdgePatch
+    from circuitry.interventions import Ablation, EdgePatch, Patch
 
-    return None if isinstance(result, (Ablation, EdgePatch)) else "an Ablation or EdgePatch"
+    return None if isinstance(result, (Ablation, EdgePatch, Patch)) else "an Ablation, EdgePatch or Patch"
 
 
 def _metric_compute(rec: Metric, result: Any, args: tuple, kwargs: dict) -> str | None:

@@ -223,15 +223,19 @@ def _sweeps(run: VerifiedRun, plans: dict[str, CheckPlan]) -> dict[str, float]:
     for check in run.spec.checks:
         for s in plans[check.id].sweeps:
             groups.setdefault((s.metric, s.direction), []).append((check.id, s.key, s.intervention))
+    # one reference run per direction, caching what that direction's interventions read
+    noising = [it for (_, d), items in groups.items() if d == "noising" for _, _, it in items]
+    denoising = [it for (_, d), items in groups.items() if d == "denoising" for _, _, it in items]
     seconds: dict[str, float] = {}
     for (metric, direction), items in groups.items():
         first = next(c for c in run.spec.checks if c.id == items[0][0])
         t = time.perf_counter()
         _, fn = run.metric(metric, first.path)
         if direction == "denoising":
-            base, source = run.corrupted_run(), reference_run(run.model, run.batch.tokens)
+            base = run.corrupted_run()
+            source = run.denoising_source(lambda: reference_run(run.model, run.batch.tokens, denoising))
         else:
-            base, source = run.clean, run.reference()
+            base, source = run.clean, run.reference(noising)
         try:
             res = run_interventions(run.model, base, [it for _, _, it in items], fn, reference=source)
         except SpecError:

@@ -155,7 +155,7 @@ def test_faulty_dataset_is_exit_3(faulty, capsys):
     ("zero", "bad_metric_type", ("metric 'bad_metric_type': compute() returned the wrong type: "
                                  "expected a real number or a 0-dim tensor, got str")),
     ("bad_build", "loss", "plugin 'faulty': intervention 'bad_build' raised ValueError: boom (in build())"),
-    ("bad_build_type", "loss", "expected an Ablation or EdgePatch, got str"),
+    ("bad_build_type", "loss", "expected an Ablation, EdgePatch or Patch, got str"),
 ])
 def test_faulty_metric_or_intervention_in_verify_is_exit_3(faulty, capsys, tmp_path, intervention, metric, says):
     spec = _spec(tmp_path, f"""\

@@ -43,6 +43,7 @@ class VerifiedRun:
         self._decomposition: Any = None
         self._corrupted: Any = None
         self._metric_corrupted: dict[str, float] = {}
+        self._denoising_source: Any = None
 
     def for_spec(self, spec: CircuitSpec) -> VerifiedRun:
         """This run for another spec on the same model and data (a spec rewritten with other
@@ -145,12 +146,19 @@ class VerifiedRun:
             self._metric_corrupted[name] = float(fn(run.logits, run.tokens))
         return self._metric_corrupted[name]
 
-    def reference(self) -> Any:
-        """The reference run (caching only what mean and resample ablations read), or None."""
+    def denoising_source(self, make: Any) -> Any:
+        """The run on the clean prompts that denoising patches read (made once by `make()`)."""
+        if self._denoising_source is None:
+            self._denoising_source = make()
+        return self._denoising_source
+
+    def reference(self, interventions: Any = None) -> Any:
+        """The reference run (caching only what the interventions read: by default what node ablations and
+        edge patches read), or None without a reference batch; made once."""
         if self._reference is None and self.reference_batch is not None:
             from circuitry.interventions import reference_run
 
-            self._reference = reference_run(self.model, self.reference_batch.tokens)
+            self._reference = reference_run(self.model, self.reference_batch.tokens, interventions)
         return self._reference
 
     def decomposition(self) -> Any:

@@ -25,6 +25,7 @@ COMMANDS = {
     "show": "circuitry.cli.show",
     "discover": "circuitry.cli.discover",
     "track": "circuitry.cli.track",
+    "patch": "circuitry.cli.patch",
 }
 
 
