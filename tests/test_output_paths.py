@@ -28,13 +28,15 @@ FILE_OUTPUTS = {
     "show": (["show", MODEL, "--head", "L0H0", "--out", "{}"], "--out", "heads.png"),
     "discover": (["discover", MODEL, "--out", "{}"], "--out", "found.yaml"),
     "track": (["track", "runs/none", "--plot", "{}"], "--plot", "track.png"),
+    "patch-html": (["patch", MODEL, "--task", "tasks/none.yaml", "--html", "{}"], "--html", "patch.html"),
+    "patch-png": (["patch", MODEL, "--task", "tasks/none.yaml", "--png", "{}"], "--png", "patch.png"),
 }
 TRAIN = (["train", "--steps", "1", "--out", "{}"], "--out", "run")
 
 # the first step of each command's work: none of them may run when an output path is refused
 WORK = ["circuitry.sources.load_model", "circuitry.spec.load_spec", "circuitry.scan.select_detectors",
         "circuitry.discovery.resolve_task", "circuitry.track.plan", "circuitry.train.train",
-        "circuitry.report.plots.require"]
+        "circuitry.report.plots.require", "circuitry.tasks.format.load_task"]
 
 
 @pytest.fixture
