@@ -105,9 +105,7 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
 
     def checkpoint(step: int) -> None:
         if out_dir is not None and recipe.checkpoint_every:
-            path = out_dir / "checkpoints" / checkpoint_name(step)
-            save_model(model, path, {**meta, "step": str(step)})
-            checkpoints.append(path)
+            checkpoints.append(save_checkpoint(model, out_dir, step, meta))
 
     losses: list[float] = []
     start = time.perf_counter()
@@ -127,14 +125,28 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     seconds = time.perf_counter() - start
     model.eval()
     if out_dir is not None:
-        model.source = str(out_dir)
-        save_model(model, out_dir, {**meta, "step": str(recipe.steps)})
-        record = {"recipe": dataclasses.asdict(recipe), "command": command, "seconds": round(seconds, 2),
-                  "torch": torch.__version__, "final_loss": finite_or_none(losses[-1]) if losses else None}
-        atomic_write_text(out_dir / "train.json", strict_dumps(record, indent=2) + "\n")
-        curve = {"step": list(range(1, len(losses) + 1)), "loss": [finite_or_none(x) for x in losses]}
-        atomic_write_text(out_dir / "loss.json", strict_dumps(curve, indent=None) + "\n")
+        write_run(out_dir, model, losses, seconds, dataclasses.asdict(recipe), command, meta)
     return TrainResult(model, losses, seconds, checkpoints)
+
+
+def save_checkpoint(model: HookedTransformer, out_dir: Path, step: int, meta: dict[str, str]) -> Path:
+    """Write the numbered checkpoint of `step` under OUT/checkpoints."""
+    path = out_dir / "checkpoints" / checkpoint_name(step)
+    save_model(model, path, {**meta, "step": str(step)})
+    return path
+
+
+def write_run(out_dir: Path, model: HookedTransformer, losses: list[float], seconds: float, recipe: dict,
+              command: str | None, meta: dict[str, str], extra: dict | None = None) -> None:
+    """Write the trained model (with its tokenizer, if any), `train.json` (recipe, command, seconds, torch
+    version, final loss, and `extra`) and `loss.json`."""
+    model.source = str(out_dir)
+    save_model(model, out_dir, {**meta, "step": str(len(losses))})
+    record = {"recipe": recipe, "command": command, "seconds": round(seconds, 2), "torch": torch.__version__,
+              "final_loss": finite_or_none(losses[-1]) if losses else None, **(extra or {})}
+    atomic_write_text(out_dir / "train.json", strict_dumps(record, indent=2) + "\n")
+    curve = {"step": list(range(1, len(losses) + 1)), "loss": [finite_or_none(x) for x in losses]}
+    atomic_write_text(out_dir / "loss.json", strict_dumps(curve, indent=None) + "\n")
 
 
 def plot_losses(losses: list[float], path: str | Path) -> bool:

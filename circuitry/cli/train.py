@@ -1,69 +1,137 @@
-"""`circuitry train`: train a small attention-only model with a live progress bar."""
+"""`circuitry train`: train a small model with a live progress bar.
+
+`--task induction` (the default): an attention-only model on periodic repeats
+(`circuitry.train`). `--task ioi`: a model on the synthetic indirect-object
+language (`circuitry.ioi`), written with its word tokenizer and its held-out
+accuracy.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 
+from circuitry.errors import UsageError
 from circuitry.fileio import check_output
+from circuitry.ioi.language import TEMPLATE_SETS
 
-# options that shape the model, with their defaults (left out of the recorded command when unchanged)
-SHAPE_DEFAULTS = {"layers": 2, "heads": 4, "d_model": 64, "weight_decay": 0.3, "checkpoint_every": None}
+# every option's default per task; options a task does not have are absent from its defaults. The recorded
+# command names --steps, --seed and --out always, other options when they differ from the task's default.
+DEFAULTS = {
+    "induction": {"steps": 1500, "out": "runs/attn-only", "layers": 2, "heads": 4, "d_model": 64,
+                  "weight_decay": 0.3, "checkpoint_every": None},
+    "ioi": {"steps": 3000, "out": "runs/ioi-toy", "layers": 3, "heads": 4, "d_model": 64, "d_mlp": None,
+            "weight_decay": 0.1, "answer_weight": 5.0, "templates": "mixed", "checkpoint_every": None},
+}
+ALWAYS = ("steps", "seed", "out")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a small attention-only model on periodic repeats",
-                       description="Train a small attention-only transformer on periodic repeats of random "
-                                   "tokens (BOS + a random block of 8..24 tokens tiled to the context). "
-                                   "Induction heads form at a phase change a few hundred steps in.")
-    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    ioi = DEFAULTS["ioi"]
+    p = sub.add_parser("train", help="train a small model (induction: periodic repeats; ioi: indirect objects)",
+                       description="Train a small transformer. --task induction (default): attention-only, on "
+                                   "periodic repeats of random tokens (BOS + a random block of 8..24 tokens tiled "
+                                   "to the context); induction heads form at a phase change a few hundred steps "
+                                   "in. --task ioi: on the synthetic indirect-object language (\"When Mary and "
+                                   "John went to the store, John gave a drink to\" -> Mary), with a word "
+                                   "tokenizer; the run records its accuracy on held-out name pairs.")
+    p.add_argument("--task", choices=list(DEFAULTS), default="induction",
+                   help="what to train on (default induction)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1500; ioi: 3000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default="runs/attn-only", metavar="DIR",
-                   help="output directory, created with its parents if missing (default runs/attn-only)")
-    p.add_argument("--layers", type=int, default=2, help="number of layers (default 2)")
-    p.add_argument("--heads", type=int, default=4, help="heads per layer (default 4)")
-    p.add_argument("--d-model", type=int, default=64, help="residual width (default 64)")
-    p.add_argument("--weight-decay", type=float, default=0.3,
-                   help="AdamW weight decay (default 0.3; it makes the K-composition of the circuit clearer)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory, created with its parents if missing (default runs/attn-only; "
+                        "ioi: runs/ioi-toy)")
+    p.add_argument("--layers", type=int, default=None, help="number of layers (default 2; ioi: 3)")
+    p.add_argument("--heads", type=int, default=None, help="heads per layer (default 4)")
+    p.add_argument("--d-model", type=int, default=None, help="residual width (default 64)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (default 0.3, which makes the K-composition of the induction "
+                        "circuit clearer; ioi: 0.1)")
+    p.add_argument("--d-mlp", type=int, default=None, help="ioi only: MLP width (default: no MLPs)")
+    p.add_argument("--answer-weight", type=float, default=None,
+                   help=f"ioi only: loss weight of the answer against 1 for every other token "
+                        f"(default {ioi['answer_weight']})")
+    p.add_argument("--templates", choices=list(TEMPLATE_SETS), default=None,
+                   help=f"ioi only: classic IOI templates (S repeated last); mixed, with templates whose last "
+                        f"name is IO; any-order, every template in all three orders of its names (default "
+                        f"{ioi['templates']})")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also save numbered checkpoints every N steps under OUT/checkpoints")
     p.set_defaults(run=run)
 
 
+def resolve(args: argparse.Namespace) -> dict:
+    """Every option of the task, given or defaulted; a UsageError for options of another task."""
+    defaults = DEFAULTS[args.task]
+    foreign = [k for k, v in vars(args).items()
+               if v is not None and k not in defaults and k in {o for d in DEFAULTS.values() for o in d}]
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')} is an option of another task, not --task {args.task}")
+    return {k: (getattr(args, k) if getattr(args, k) is not None else d) for k, d in defaults.items()}
+
+
 def recorded_command(args: argparse.Namespace) -> str:
     """The command line that repeats this run, built from the parsed arguments (not sys.argv,
     which is the caller's own command when `circuitry.cli.main([...])` is called from Python)."""
-    parts = ["circuitry", "train", "--steps", str(args.steps), "--seed", str(args.seed), "--out", str(args.out)]
-    for name, default in SHAPE_DEFAULTS.items():
-        value = getattr(args, name)
-        if value != default:
-            parts += ["--" + name.replace("_", "-"), str(value)]
+    values = {**resolve(args), "seed": args.seed}
+    parts = ["circuitry", "train"] + (["--task", args.task] if args.task != "induction" else [])
+    for name in ALWAYS:
+        parts += ["--" + name, str(values[name])]
+    for name, default in DEFAULTS[args.task].items():
+        if name not in ALWAYS and values[name] != default:
+            parts += ["--" + name.replace("_", "-"), str(values[name])]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _run_induction(o: dict, seed: int, on_step, command: str):
+    from circuitry.train import TrainRecipe, train
+
+    recipe = TrainRecipe(steps=o["steps"], seed=seed, n_layers=o["layers"], n_heads=o["heads"],
+                         d_model=o["d_model"], weight_decay=o["weight_decay"], checkpoint_every=o["checkpoint_every"])
+    return recipe.steps, lambda: train(recipe, out=o["out"], on_step=on_step, command=command)
+
+
+def _run_ioi(o: dict, seed: int, on_step, command: str):
+    from circuitry.ioi.recipe import IOIRecipe
+    from circuitry.ioi.run import train_ioi_run
+
+    recipe = IOIRecipe(steps=o["steps"], seed=seed, n_layers=o["layers"], n_heads=o["heads"], d_model=o["d_model"],
+                       d_mlp=o["d_mlp"], weight_decay=o["weight_decay"], answer_weight=o["answer_weight"],
+                       templates=o["templates"], checkpoint_every=o["checkpoint_every"])
+    return recipe.steps, lambda: train_ioi_run(recipe, out=o["out"], on_step=on_step, command=command)
 
 
 def run(args: argparse.Namespace, out) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from circuitry.train import TrainRecipe, plot_losses, train
+    from circuitry.train import plot_losses
 
-    check_output(args.out, "--out", directory=True)
-    recipe = TrainRecipe(steps=args.steps, seed=args.seed, n_layers=args.layers, n_heads=args.heads,
-                         d_model=args.d_model, weight_decay=args.weight_decay,
-                         checkpoint_every=args.checkpoint_every)
+    options = resolve(args)
+    check_output(options["out"], "--out", directory=True)
     command = recorded_command(args)
-    with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=out.err, transient=False) as progress:
-        task = progress.add_task("train", total=recipe.steps, loss=float("nan"))
+    progress = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=out.err, transient=False)
+    bar = progress.add_task("train", total=options["steps"], loss=float("nan"))
 
-        def on_step(step: int, loss: float) -> None:
-            progress.update(task, completed=step, loss=loss)
+    def on_step(step: int, loss: float) -> None:
+        progress.update(bar, completed=step, loss=loss)
 
-        result = train(recipe, out=args.out, on_step=on_step, command=command)
-    png = plot_losses(result.losses, f"{args.out}/loss.png")
-    out.print(f"trained {recipe.steps} steps in {result.seconds:.1f} s; final loss {result.losses[-1]:.3f}")
+    make = _run_ioi if args.task == "ioi" else _run_induction
+    steps, start = make(options, args.seed, on_step, command)  # the recipe is checked before the bar shows
+    with progress:
+        result = start()
+    png = plot_losses(result.losses, f"{options['out']}/loss.png")
+    out.print(f"trained {steps} steps in {result.seconds:.1f} s; final loss {result.losses[-1]:.3f}")
+    if args.task == "ioi":
+        import json
+        from pathlib import Path
+
+        s = json.loads((Path(options["out"]) / "train.json").read_text(encoding="utf-8"))["held_out"]["prompts"]
+        out.print(f"held-out prompts: accuracy {s['accuracy']:.3f}, logit difference IO - S {s['logit_diff']:.2f}")
     plot = ", loss.png" if png else "; install matplotlib for loss.png"
-    out.print(f"model: {args.out}  (loss curve: loss.json{plot})")
+    out.print(f"model: {options['out']}  (loss curve: loss.json{plot})")
     if result.checkpoints:
-        out.print(f"checkpoints: {len(result.checkpoints)} in {args.out}/checkpoints")
+        out.print(f"checkpoints: {len(result.checkpoints)} in {options['out']}/checkpoints")
     return 0

@@ -3,7 +3,10 @@
 A model is stored either as a directory (`config.json` + `model.safetensors`)
 or as a single `.safetensors` file whose metadata holds the config (with a
 `config.json` beside it as a fallback). Nothing else is loaded: pickles and
-other formats are refused with a clear message.
+other formats are refused with a clear message. A directory may also hold
+the model's word tokenizer (`tokenizer.json` in circuitry's own format,
+`circuitry.wordtok`): it is loaded as `model.tokenizer`, and `save_model`
+writes it when the model carries one.
 
 Files come from anywhere, so the readers here are shared by every model
 source: paths are probed without exceptions escaping, configs are read as
@@ -32,9 +35,11 @@ from circuitry.errors import ModelLoadError, UsageError
 from circuitry.fileio import atomic_write, atomic_write_text, path_kind
 from circuitry.model.config import ModelConfig, parse_json
 from circuitry.model.transformer import HookedTransformer
+from circuitry.wordtok import WordTokenizer, is_word_tokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
 META_KEY = "circuitry_config"
 MAX_CONFIG_BYTES = 16 * 2**20
 SAFE_GLOBALS = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
@@ -57,6 +62,8 @@ def save_model(model: HookedTransformer, path: str | Path, metadata: dict[str, s
         return path
     atomic_write(path / WEIGHTS, lambda tmp: save_file(_state(model), tmp, metadata=meta))
     atomic_write_text(path / CONFIG, model.cfg.to_json() + "\n")
+    if isinstance(model.tokenizer, WordTokenizer):
+        atomic_write_text(path / TOKENIZER, model.tokenizer.to_json())
     return path
 
 
@@ -256,7 +263,30 @@ def load_model_file(path: str | Path, device: str | torch.device | None = None) 
     model = HookedTransformer(cfg, seed=None)
     load_state(model, state, where=str(weights))
     model.source = str(path)
+    if kind == "dir":
+        tokenizer: Any = word_tokenizer(path / TOKENIZER, cfg)  # the model's attribute is typed for HF's too
+        model.tokenizer = tokenizer
+        if tokenizer is None:
+            model.tokenizer_note = f"{path} has no {TOKENIZER} in circuitry's word-tokenizer format"
     return model.to(device) if device else model
+
+
+def word_tokenizer(file: Path, cfg: ModelConfig) -> WordTokenizer | None:
+    """The word tokenizer in `file` (None when there is no such file, or it is another format, such
+    as a Hugging Face tokenizer.json); a ModelLoadError when its ids do not fit the model."""
+    if probe(file) != "file":
+        return None
+    raw = read_json(file)
+    if not is_word_tokenizer(raw):
+        return None
+    tok = WordTokenizer.from_dict(raw, str(file))
+    if tok.vocab_size > cfg.d_vocab:
+        raise ModelLoadError(f"{file}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
+                             f"vocabulary of {cfg.d_vocab}")
+    if cfg.bos_token_id is not None and cfg.bos_token_id != tok.bos_token_id:
+        raise ModelLoadError(f"{file}: the tokenizer's BOS token is id {tok.bos_token_id}, the model's config "
+                             f"says {cfg.bos_token_id}")
+    return tok
 
 
 def check_weights(state: dict[str, torch.Tensor], where: str) -> None:

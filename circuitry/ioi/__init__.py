@@ -1,0 +1,1 @@
+"""The indirect-object (IOI) toy: its language, training recipe and measurements."""
