@@ -475,3 +475,206 @@ def test_undefined_numbers_sort_last_and_never_reach_json_or_yaml():
         specfile._q({"x": nan})
     with pytest.raises(ValueError):
         bound(nan, 0.2)
+
+
+# ------------------------------------------------------------------ task files (kind: Task)
+TASK = "specs/tasks/induction.yaml"  # BOS r r vs BOS r s, 32 prompts of 10-token blocks, seed 1; logit_diff
+
+
+def induction_heads() -> set[str]:
+    """The induction heads of the hand-written spec of the shipped model."""
+    return {n for n, role in load_spec(SPEC).nodes.items() if role == "induction"}
+
+
+def task_tokens(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contrastive induction task's clean (BOS r r) and corrupted (BOS r s) prompts."""
+    from circuitry.tasks.build import build_batch
+    from circuitry.tasks.format import load_task
+
+    batch = build_batch(load_task(TASK), model)
+    return batch.tokens.cpu(), batch.corrupted.cpu()
+
+
+def task_logit_diff(model, clean: torch.Tensor, corrupted: torch.Tensor, replaced: list[str]) -> float:
+    """The logit difference (clean next token - corrupted next token) at the positions 10..19 whose next token
+    lies in the second block, with the heads `replaced` given their hook_z of the corrupted prompts, row by row."""
+    by_layer: dict[int, list[int]] = {}
+    for name in replaced:
+        l, h = (int(x) for x in name[1:].split("H"))
+        by_layer.setdefault(l, []).append(h)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(corrupted)
+        hooks = []
+        for l, heads in by_layer.items():
+            source = cache[f"blocks.{l}.attn.hook_z"]
+
+            def hook(z, hp, heads=heads, source=source):
+                z = z.clone()
+                z[:, :, heads] = source[:, :, heads]
+                return z
+
+            hooks.append((f"blocks.{l}.attn.hook_z", hook))
+        logits = model.run_with_hooks(clean, hooks)[:, 10:20].float()
+    right = logits.gather(-1, clean[:, 11:21, None])[..., 0]
+    wrong = logits.gather(-1, corrupted[:, 11:21, None])[..., 0]
+    return float((right - wrong).mean())
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    """A directory holding a copy of the task file at tasks/induction.yaml."""
+    root = tmp_path_factory.mktemp("taskdir")
+    (root / "tasks").mkdir()
+    (root / "tasks" / "induction.yaml").write_text(open(TASK).read())
+    return root
+
+
+@pytest.fixture(scope="module")
+def found_task(task_dir):
+    from circuitry.sources import load_model
+
+    return discover(load_model("builtin:attn-only-2l"), task_dir / "tasks" / "induction.yaml",
+                    model_ref="builtin:attn-only-2l")
+
+
+def test_a_task_file_finds_the_induction_heads(found_task, task_dir, shipped):
+    nodes = {n.name: n.role for n in found_task.nodes}
+    assert induction_heads() <= set(nodes) and all(nodes[h] == "induction" for h in induction_heads())
+    assert found_task.task == "induction-contrastive" and found_task.metric == "logit_diff"
+    assert found_task.ablation == "corrupted" and not found_task.lower_is_better
+    assert found_task.task_file == str((task_dir / "tasks" / "induction.yaml").resolve())
+    assert found_task.recovered_nodes >= found_task.target and found_task.recovered >= found_task.target
+    # the numbers, recomputed with plain hooks on hook_z and a hand-written logit difference
+    clean, corrupted = task_tokens(shipped)
+    every = [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    values = {"clean": task_logit_diff(shipped, clean, corrupted, []),
+              "ablated": task_logit_diff(shipped, clean, corrupted, every),
+              "circuit": task_logit_diff(shipped, clean, corrupted, [h for h in every if h not in nodes])}
+    assert abs(found_task.metric_clean - values["clean"]) < 1e-4
+    assert abs(found_task.metric_ablated - values["ablated"]) < 1e-4
+    recovered = (values["ablated"] - values["circuit"]) / (values["ablated"] - values["clean"])
+    assert abs(found_task.recovered_nodes - recovered) < 1e-4
+    # higher is better: the clean run beats the all-replaced one, which is nearly the corrupted run
+    assert values["clean"] - values["ablated"] > 5 and abs(values["ablated"] - found_task.metric_corrupted) < 0.1
+    # measured: L1H0, L1H1, L1H3 recover 0.807 of 6.243 - 0.466 (the previous-token heads' outputs agree on
+    # the first block, where the induction heads' keys read them, so replacing them costs little)
+    assert 0.80 < found_task.recovered_nodes < 0.82
+
+
+def test_a_task_file_spec(found_task):
+    spec = load_spec(text=found_task.spec_text)
+    assert spec.task is not None and spec.task.name == "induction-contrastive"
+    raw = __import__("yaml").safe_load(found_task.spec_text)
+    assert raw["task"] == found_task.task_file and "data" not in raw and "reference_data" not in raw
+    checks = {c.id: c for c in spec.checks}
+    solved = checks["task-solved"]
+    assert solved.kind == "metric" and solved.options["metric"] == "logit_diff"
+    measured = {c.id: c for c in found_task.checks}
+    assert measured["task-solved"].expect == bound(found_task.metric_clean, 0.2)  # higher is better: >= v - m|v|
+    assert checks["faithfulness"].options["ablation"] == "corrupted"
+    patches = [c for c in spec.checks if c.kind == "intervention"]
+    assert patches and all(c.options["intervention"] == "corrupted" for c in patches)
+    assert all(set(c.expect) == {"normalised"} for c in patches)
+    top = max(found_task.nodes, key=lambda n: n.effect)
+    assert checks[f"patch-{top.name.lower()}"].options["target"] == [top.name]
+    assert checks["induction-heads"].kind == "detector"
+
+
+def test_task_file_paths_in_the_written_spec(found_task, task_dir, tmp_path, monkeypatch):
+    import yaml
+
+    from circuitry.discovery import task_for_spec, write_spec
+
+    beside = write_spec(found_task, task_dir / "found.yaml")
+    assert yaml.safe_load(beside.read_text())["task"] == "tasks/induction.yaml"  # inside: relative
+    (task_dir / "tasks" / "specs").mkdir(exist_ok=True)
+    below = write_spec(found_task, task_dir / "tasks" / "specs" / "found.yaml")
+    assert yaml.safe_load(below.read_text())["task"] == found_task.task_file  # not inside: absolute
+    elsewhere = write_spec(found_task, tmp_path / "found.yaml")
+    assert yaml.safe_load(elsewhere.read_text())["task"] == found_task.task_file
+    assert task_for_spec("/a/b/t.yaml", "/a") == "b/t.yaml" and task_for_spec("/a/t.yaml", "/b") == "/a/t.yaml"
+    monkeypatch.chdir(tmp_path)  # the relative task path is read beside the spec
+    assert verify(load_spec(beside)).passed
+
+
+def test_discover_a_task_file_writes_a_spec_that_verify_passes(cli, tmp_path, capsys, shipped):
+    out = tmp_path / "spec.yaml"
+    assert cli(["discover", "builtin:attn-only-2l", "--task", TASK, "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert induction_heads() <= {n["node"] for n in doc["nodes"]}
+    assert doc["task"] == "induction-contrastive" and doc["ablation"] == "corrupted" and doc["spec"] == str(out)
+    assert doc["recovered_nodes"] >= doc["target"] and doc["lower_is_better"] is False
+    assert doc["metric_clean"] > doc["metric_corrupted"] + 5
+    assert doc["data"]["task"] == str((__import__("pathlib").Path(TASK)).resolve())
+    assert cli(["verify", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["warnings"] == []
+    random_dir = tmp_path / "random"
+    save_model(HookedTransformer(shipped.cfg, seed=123), random_dir)
+    assert cli(["verify", str(out), "--model", str(random_dir), "--json"]) == 1
+    failed = {c["id"] for c in json.loads(capsys.readouterr().out)["checks"] if not c["passed"]}
+    # (normalised effects on a model that does not do the task are ratios of small differences: noise)
+    assert {"induction-heads", "task-solved", "faithfulness"} <= failed
+
+
+def test_a_model_that_does_not_do_the_task_file(cli, tmp_path, capsys, shipped):
+    model = HookedTransformer(shipped.cfg, seed=123).eval()
+    save_model(model, tmp_path / "random")
+    clean_tokens, corrupted_tokens = task_tokens(model)
+    clean = task_logit_diff(model, clean_tokens, corrupted_tokens, [])
+    ablated = task_logit_diff(model, clean_tokens, corrupted_tokens, [f"L{l}H{h}" for l in range(2) for h in range(4)])
+    out = tmp_path / "found.yaml"
+    argv = ["discover", str(tmp_path / "random"), "--task", TASK, "--out", str(out)]
+    assert cli(argv) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "does not do task 'induction-contrastive'" in err and "no spec written" in err
+    assert (f"logit_diff {clean:.4f} on the clean run, {ablated:.4f} with every component replaced by its "
+            f"activation on the corrupted prompts") in err and "better (higher)" in err
+    assert cli([*argv, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert doc["does_task"] is False and doc["spec"] is None and doc["ablation"] == "corrupted"
+    assert abs(doc["metric_clean"] - clean) < 1e-4 and abs(doc["metric_all_ablated"] - ablated) < 1e-4
+    assert abs(doc["effect"] - (clean - ablated)) < 1e-4 and doc["effect"] < doc["required_effect"]
+    assert not out.exists()
+
+
+BLOCKS = "apiVersion: circuitry/v1\nkind: Task\nmetadata: {name: t}\nblocks:\n  length: {length}\n" \
+         "  clean: [r, r]\n  corrupted: [r, s]\n"
+
+
+@pytest.mark.parametrize("length, line, fragment", [
+    ("ten", 5, "expected an integer"),  # the file itself
+    ("40", 5, "more than the model's context of 64"),  # the prompts on this model
+])
+def test_a_bad_task_file_is_exit_2_located_in_it(cli, tmp_path, capsys, length, line, fragment):
+    path = tmp_path / "task.yaml"
+    path.write_text(BLOCKS.replace("{length}", length))
+    assert cli(["discover", "builtin:attn-only-2l", "--task", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}:11: blocks.length" in err and fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--task", "tasks/nope.yaml"], "no such task file: tasks/nope.yaml"),
+    (["--task", "nope.yml"], "no such task file: nope.yml"),
+    (["--task", "inductoin"], "or give the path of a task file"),
+    (["--task", TASK, "--data", "repeated:seed=3"], "--data does not apply to a task file"),
+])
+def test_task_names_and_files_on_the_command_line(cli, capsys, argv, fragment):
+    assert cli(["discover", "no-such-model", *argv]) == 2  # before the model loads
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_the_task_rule(tmp_path, monkeypatch):
+    from circuitry.discovery import names_a_file
+
+    manager = get_manager()
+    assert names_a_file("x.yaml", manager) and names_a_file("X.YML", manager) and names_a_file("a/b", manager)
+    assert not names_a_file("induction", manager) and not names_a_file("inductoin", manager)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mytask").write_text(open(__import__("pathlib").Path(__file__).parents[1] / TASK).read())
+    (tmp_path / "induction").write_text("a file named like the plugin")
+    assert names_a_file("mytask", manager)  # an existing file
+    assert not names_a_file("induction", manager)  # a task plugin's name wins over a file without a suffix
+    assert resolve_task("mytask").name == "induction-contrastive"

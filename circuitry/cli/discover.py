@@ -1,4 +1,6 @@
-"""`circuitry discover MODEL`: find a task's circuit by batched ablation sweeps and write it as a spec."""
+"""`circuitry discover MODEL`: find a task's circuit by batched ablation sweeps and write it as a spec.
+
+`--task` is a task plugin's name or a task file (`kind: Task`; `circuitry.discovery.names_a_file` decides)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "circuit recovers at least --target of the task metric, assign roles, and "
                                    "write a v1 spec whose thresholds are the measured values with a margin.")
     p.add_argument("model", metavar="MODEL", help="model reference: builtin:NAME, a path, hf:NAME ...")
-    p.add_argument("--task", default=DEFAULT_TASK, help=f"task plugin (default {DEFAULT_TASK})")
+    p.add_argument("--task", default=DEFAULT_TASK, metavar="NAME|FILE",
+                   help=f"a task plugin (default {DEFAULT_TASK}) or a task file (kind: Task; a path, or a name "
+                        f"ending in .yaml / .yml): its clean prompts are the data, components and edges are "
+                        f"replaced by their activations on its corrupted prompts")
     p.add_argument("--data", default=None, metavar="REF",
                    help="data NAME[:key=value,...] instead of the task's (parameters of the task's own dataset "
                         "override its settings)")
@@ -43,13 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from circuitry.discovery import TaskNotDone, discover, resolve_task, write_spec
+    from circuitry.discovery import TaskNotDone, check_task_data, discover, resolve_task, write_spec
     from circuitry.errors import UsageError
     from circuitry.sources import load_model
 
     if args.out:
         check_output(args.out, "--out", (".yaml",))
-    resolve_task(args.task)  # an unknown task fails before the model loads
+    task = resolve_task(args.task)  # an unknown task or a bad task file fails before the model loads
+    check_task_data(task, args.data)
     if not 0 <= args.margin < 1:
         raise UsageError(f"--margin must lie in [0, 1), got {args.margin}")
     if not 0 < args.target <= 1:
@@ -58,10 +64,10 @@ def run(args: argparse.Namespace, out) -> int:
     try:
         with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
                       console=out.err, transient=True) as progress:
-            task = progress.add_task("loading", total=None)
-            circuit = discover(model, args.task, args.data, target=args.target, margin=args.margin,
+            bar = progress.add_task("loading", total=None)
+            circuit = discover(model, task, args.data, target=args.target, margin=args.margin,
                                role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
-                               progress=lambda message: progress.update(task, description=message))
+                               progress=lambda message: progress.update(bar, description=message))
     except TaskNotDone as finding:
         return refuse(finding, args, out)
     if args.out:
@@ -112,9 +118,12 @@ def render(circuit, out) -> None:
     if circuit.whole_model:
         out.print("every component is needed: the circuit is the whole model, so nothing is ablated and it "
                   "recovers the metric by definition")
-    out.print(f"{circuit.metric}: clean {circuit.metric_clean:.4f}, all ablated {circuit.metric_ablated:.4f}, "
-              f"circuit {circuit.metric_circuit:.4f}; recovered {circuit.recovered_nodes:.3f} (nodes), "
-              f"{circuit.recovered:.3f} (nodes and edges); target {circuit.target:g}")
+    corrupted = f"corrupted prompts {circuit.metric_corrupted:.4f}, " if circuit.task_file else ""
+    removed = "all replaced by corrupted activations" if circuit.ablation == "corrupted" else "all ablated"
+    out.print(f"{circuit.metric}: clean {circuit.metric_clean:.4f}, {corrupted}{removed} "
+              f"{circuit.metric_ablated:.4f}, circuit {circuit.metric_circuit:.4f}; recovered "
+              f"{circuit.recovered_nodes:.3f} (nodes), {circuit.recovered:.3f} (nodes and edges); target "
+              f"{circuit.target:g}")
     out.print(f"{len(circuit.rounds)} pruning rounds, {circuit.interventions} interventions in "
               f"{circuit.prune_passes} forward passes ({circuit.method}); {circuit.total_passes} passes in all, "
               f"{circuit.seconds:.2f} s")

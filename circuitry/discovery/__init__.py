@@ -3,6 +3,7 @@
     from circuitry.discovery import discover, write_spec
     circuit = discover(load_model("builtin:attn-only-2l"), "induction")
     write_spec(circuit, "induction-found.yaml")
+    circuit = discover(load_model("builtin:attn-only-2l"), "specs/tasks/induction.yaml")  # a task file
 
 `core` runs the detectors, prunes nodes and edges by batched sweeps
 (`prune`) and assigns roles; `specfile` measures the spec's checks and sets
@@ -21,7 +22,9 @@ from circuitry.discovery.core import (
     DEFAULT_TASK,
     MIN_TASK_EFFECT,
     MIN_TASK_EFFECT_FRACTION,
+    check_task_data,
     discover,
+    names_a_file,
     resolve_task,
     task_data,
     task_effect_required,
@@ -35,18 +38,20 @@ from circuitry.discovery.records import (
     TaskNotDone,
 )
 from circuitry.discovery.specfile import (
+    better_bound,
     bound,
     model_for_spec,
     ratio_bound,
     spec_name,
     spec_text_at,
+    task_for_spec,
 )
 from circuitry.fileio import atomic_write_text
 
 
 def write_spec(circuit: Circuit, path: str | Path) -> Path:
-    """Write the circuit's spec atomically (temporary file, then rename); a model inside the spec's
-    directory is named by its path relative to it."""
+    """Write the circuit's spec atomically (temporary file, then rename); a model or task file inside the
+    spec's directory is named by its path relative to it."""
     path = Path(path)
     atomic_write_text(path, spec_text_at(circuit, path))
     return path
@@ -66,9 +71,12 @@ __all__ = [
     "PruneOutcome",
     "PruneRound",
     "TaskNotDone",
+    "better_bound",
     "bound",
+    "check_task_data",
     "discover",
     "model_for_spec",
+    "names_a_file",
     "prune_greedy",
     "ratio_bound",
     "resolve_task",
@@ -76,5 +84,6 @@ __all__ = [
     "spec_text_at",
     "task_data",
     "task_effect_required",
+    "task_for_spec",
     "write_spec",
 ]

@@ -1,14 +1,18 @@
 """`discover(model, task)`: detectors propose, batched ablation sweeps prune, a spec records the result.
 
-1. Data: the task's dataset and parameters (`--data` overrides them), and a
-   reference batch for mean ablations (the same data with seed + 1).
+1. Data: a task plugin's dataset and parameters (`--data` overrides them), and a
+   reference batch for mean ablations (the same data with seed + 1); or a task
+   file's (`kind: Task`) clean prompts, with its corrupted prompts as the
+   reference: removed components and edges then take their activations on the
+   corrupted prompts (method `corrupted`, row-aligned) instead of the mean.
 2. Detectors: one cached run scores every head (previous_token, induction,
    duplicate_token) and the weights give every pair's composition scores.
    The model must do the task: the metric on the clean run must be clearly
    better than with every component ablated (`task_effect_required`), else
    `TaskNotDone` (exit code 1) and no spec.
 3. Nodes: start from every component (heads, MLPs) and prune greedily
-   (`circuitry.discovery.prune`): a removed component is mean-ablated; the
+   (`circuitry.discovery.prune`): a removed component is mean-ablated (a task
+   file: replaced by its corrupted activation); the
    circuit must keep recovering >= target of the task metric, measured as
    (metric(all ablated) - metric(circuit)) / (metric(all ablated) - metric(clean)),
    which is exactly what a spec's faithfulness check measures.
@@ -27,16 +31,18 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from circuitry.data import TokenBatch
 from circuitry.datasets import make_batch, parse_data_ref
 from circuitry.diagnostics import warn
 from circuitry.discovery.prune import PruneOutcome, prune_greedy
@@ -56,14 +62,18 @@ from circuitry.interventions import (
 from circuitry.model import HookedTransformer
 from circuitry.plugins import PluginManager, get_manager
 from circuitry.records import Metric, Task
-from circuitry.scan import run_detectors
+from circuitry.scan import pattern_names, run_detectors
+from circuitry.tasks import format as task_format
+from circuitry.tasks.format import TaskFile
 
 ROLE_DETECTORS = ("previous_token", "induction", "duplicate_token")
 DEFAULT_TASK = "induction"
 DEFAULT_TARGET = 0.8
 DEFAULT_MARGIN = 0.2
 DEFAULT_ROLE_THRESHOLD = 0.4
-METHOD = "mean"  # how removed nodes and edges are replaced (as in the faithfulness check)
+METHOD = "mean"  # how removed nodes and edges are replaced for a task plugin (as in the faithfulness check)
+TASK_FILE_METHOD = "corrupted"  # ... and for a task file: by their activations on the corrupted prompts
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
 # a model does the task when the clean run beats the all-ablated one by at least this much, in the metric's
 # units, and by this fraction of the larger magnitude of the two values (see `task_effect_required`)
 MIN_TASK_EFFECT = 0.1
@@ -71,15 +81,39 @@ MIN_TASK_EFFECT_FRACTION = 0.05
 TASK_RULE = (f"at least {MIN_TASK_EFFECT:g} in the metric's units and {MIN_TASK_EFFECT_FRACTION:.0%} of the larger "
              f"magnitude of the two values")
 CHECK_KINDS = ("detector", "composition", "intervention", "faithfulness")  # the kinds a discovered spec holds
+TASK_FILE_CHECK_KINDS = (*CHECK_KINDS, "metric")  # ... on a task file
 
 
 
 # ------------------------------------------------------------------ task and data
-def resolve_task(task: str | Task, manager: PluginManager | None = None) -> Task:
-    """The task record of a name (UsageError with did-you-mean for unknown names)."""
-    if isinstance(task, Task):
+def names_a_file(text: str, manager: PluginManager) -> bool:
+    """The `--task` rule: a task file when the text ends in .yaml / .yml or holds a path separator; else a
+    task plugin when one has that name; else a task file when a file of that name exists."""
+    if text.lower().endswith(TASK_FILE_SUFFIXES) or "/" in text or os.sep in text:
+        return True
+    if text in manager.records("circuitry_tasks"):
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name the file system cannot hold
+        return False
+
+
+def resolve_task(task: str | Path | Task | TaskFile, manager: PluginManager | None = None) -> Task | TaskFile:
+    """The task plugin record of a name, or the loaded task file of a path (`names_a_file`).
+
+    An unknown name is a UsageError with a did-you-mean among the task plugins that says a task file works
+    too; a task file that is missing or malformed is a SpecError located in it (both exit 2)."""
+    if isinstance(task, (Task, TaskFile)):
         return task
-    return (manager or get_manager()).get("circuitry_tasks", task, "task")
+    manager = manager or get_manager()
+    text = str(task)
+    if isinstance(task, Path) or names_a_file(text, manager):
+        return task_format.load_task(text)
+    try:
+        return manager.get("circuitry_tasks", text, "task")
+    except UsageError as exc:
+        raise UsageError(f"{exc}; or give the path of a task file (kind: Task; a .yaml or .yml file)") from None
 
 
 def _typed(value: Any) -> Any:
@@ -139,23 +173,100 @@ def _batches(model: HookedTransformer, data: dict, reference: dict, manager: Plu
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a discovery runs on: the task, its metric, the clean and reference batches, and how removed
+    components and edges are replaced (`mean` for a task plugin, `corrupted` for a task file)."""
+
+    task: str  # the task's name
+    metric: Metric
+    data: dict  # the clean data as a spec mapping (a task file: where its prompts come from)
+    reference_data: dict
+    batch: TokenBatch
+    reference: TokenBatch
+    ablation: str  # METHOD or TASK_FILE_METHOD
+    task_file: str = ""  # the task file's absolute path ("" for a task plugin)
+
+
+def _plugin_setup(model: HookedTransformer, task: Task, metric: Metric, data: str | Mapping[str, Any] | None,
+                  manager: PluginManager) -> Setup:
+    """A task plugin: its dataset (with `data`'s overrides) and the same data with seed + 1 for mean ablations."""
+    spec_data, ref_data = task_data(task, data, manager)
+    batch, ref_batch = _batches(model, spec_data, ref_data, manager)
+    return Setup(task.name, metric, spec_data, ref_data, batch, ref_batch, METHOD)
+
+
+def check_task_data(task: Task | TaskFile, data: str | Mapping[str, Any] | None) -> None:
+    """Other data than the task's applies to task plugins only (UsageError for a task file)."""
+    if data is not None and isinstance(task, TaskFile):
+        raise UsageError(f"--data does not apply to a task file ({task.file}): its clean prompts are the data and "
+                         f"its corrupted prompts the reference")
+
+
+def _file_setup(model: HookedTransformer, task: TaskFile, metric: Metric,
+                data: str | Mapping[str, Any] | None) -> Setup:
+    """A task file: its clean prompts, and its corrupted prompts as the reference (row-aligned replacements).
+    Problems of the prompts on this model are located in the task file."""
+    from circuitry.budget import require, run_bytes
+    from circuitry.tasks.build import build_batch
+
+    check_task_data(task, data)
+    batch = build_batch(task, model)
+    b, p = batch.tokens.shape
+    try:
+        require(2 * run_bytes(model.cfg, b, p), f"the clean and corrupted runs of task {task.name} on {b} x {p} "
+                                                f"tokens")
+    except UsageError as exc:
+        raise task.error((task.source,), str(exc)) from None
+    path = str(Path(task.file).resolve())
+    shape = {"batch": b, "positions": p}
+    return Setup(task.name, metric, {"task": path, "prompts": "clean", **shape},
+                 {"task": path, "prompts": "corrupted", **shape}, batch, batch.corrupted_batch(),
+                 TASK_FILE_METHOD, path)
+
+
 # ------------------------------------------------------------------ what discovery needs
-def _require(manager: PluginManager, task: Task) -> Metric:
+def _require(manager: PluginManager, task: Task | TaskFile) -> Metric:
     """The task's metric; every plugin-provided name discovery and its spec use must be available
     (UsageError, exit 2, naming what needs it)."""
     try:
         metric = manager.get("circuitry_metrics", task.metric, "metric")
     except UsageError as exc:
         raise UsageError(f"task {task.name!r} needs its metric: {exc}") from None
-    needs = [("circuitry_interventions", "mean", "intervention", "to remove components and edges"),
-             ("circuitry_interventions", "zero", "intervention", "for the spec's ablation check"),
-             *(("circuitry_check_kinds", k, "check kind", "for the spec's checks") for k in CHECK_KINDS)]
+    if isinstance(task, TaskFile):
+        needs = [("circuitry_interventions", TASK_FILE_METHOD, "intervention",
+                  "to replace components and edges by their activations on the task's corrupted prompts"),
+                 *(("circuitry_check_kinds", k, "check kind", "for the spec's checks") for k in TASK_FILE_CHECK_KINDS)]
+    else:
+        needs = [("circuitry_interventions", METHOD, "intervention", "to remove components and edges"),
+                 ("circuitry_interventions", "zero", "intervention", "for the spec's ablation check"),
+                 *(("circuitry_check_kinds", k, "check kind", "for the spec's checks") for k in CHECK_KINDS)]
     for hook, name, kind, why in needs:
         try:
             manager.get(hook, name, kind)
         except UsageError as exc:
             raise UsageError(f"discover needs {kind} {name!r} {why}: {exc}") from None
     return metric
+
+
+def _scores(model: HookedTransformer, batch: TokenBatch, detectors: dict) -> tuple[dict, dict]:
+    """(head scores, pair scores) of the detectors on one cached run; a detector that cannot score the data
+    (a UsageError: no repeated tokens, sequences too short ...) is a warning, and no node gets its role."""
+    cache = None
+    if any(d.needs_cache for d in detectors.values()):
+        _, cache = model.run_with_cache(batch.tokens, names=pattern_names(model), stop_at_layer=model.cfg.n_layers)
+    heads: dict = {}
+    pairs: dict = {}
+    for name, det in detectors.items():
+        try:
+            h, p = run_detectors(model, batch, {name: det}, cache=cache)
+        except UsageError as exc:
+            warn(f"discover: detector {name!r} cannot score {batch.description}: {exc}; no node gets the role "
+                 f"{name!r}")
+            continue
+        heads.update(h)
+        pairs.update(p)
+    return heads, pairs
 
 
 def _detectors(manager: PluginManager) -> dict:
@@ -178,14 +289,17 @@ def task_effect_required(clean: float, ablated: float) -> float:
     return max(MIN_TASK_EFFECT, MIN_TASK_EFFECT_FRACTION * max(abs(clean), abs(ablated)))
 
 
-def require_task(model_ref: str, task: Task, metric: Metric, data: Mapping[str, Any], clean: float,
-                 ablated: float) -> None:
-    """TaskNotDone (exit 1) unless the clean metric is clearly better than the all-ablated one."""
+def require_task(model_ref: str, task: Task | TaskFile | str, metric: Metric, data: Mapping[str, Any],
+                 clean: float, ablated: float, ablation: str = METHOD) -> None:
+    """TaskNotDone (exit 1) unless the clean metric is clearly better than the all-ablated one, in the metric's
+    better direction (lower for a loss, higher for a logit difference). `ablation`: how every component was
+    removed (mean; corrupted for a task file, where the all-ablated run is nearly the corrupted run)."""
     effect = ablated - clean if metric.lower_is_better else clean - ablated
     required = task_effect_required(clean, ablated)
     if not effect >= required:  # NaN fails too
-        raise TaskNotDone(model_ref, task.name, task.metric, data, clean, ablated, metric.lower_is_better,
-                          required, TASK_RULE)
+        name = task if isinstance(task, str) else task.name
+        raise TaskNotDone(model_ref, name, metric.name, data, clean, ablated, metric.lower_is_better,
+                          required, TASK_RULE, ablation)
 
 
 # ------------------------------------------------------------------ helpers
@@ -225,14 +339,16 @@ def _weakest_first(ratio: float | None) -> float:
 class _Sweeper:
     """Batched (or naive) sweeps of removal sets on one clean run, as recovered fractions."""
 
-    def __init__(self, model, clean, reference, metric_fn, method: str) -> None:
+    def __init__(self, model, clean, reference, metric_fn, method: str, target: float) -> None:
         self.model, self.clean, self.reference, self.metric_fn, self.method = model, clean, reference, metric_fn, method
+        self.target = target
         self.passes = 0
         self.interventions = 0
         self.clean_value = float(metric_fn(clean.logits, clean.tokens))
         self.ablated_value = math.nan
 
     def values(self, interventions: list) -> list[float]:
+        """The metric with each intervention, from one sweep."""
         res = run_interventions(self.model, self.clean, interventions, self.metric_fn,
                                 reference=self.reference, method=self.method)
         self.passes += res.n_passes
@@ -240,15 +356,19 @@ class _Sweeper:
         return [float(v) for v in res.values]
 
     def recovered(self, value: float) -> float:
+        """The fraction of the task effect a metric value recovers: 1 at the clean value, 0 all ablated
+        (the same for a metric where lower or higher is better)."""
         return (self.ablated_value - value) / (self.ablated_value - self.clean_value)
 
 
-def _ablation(nodes) -> Combined:
-    return Combined(tuple(Ablation(n, METHOD) for n in nodes))
+def _ablation(nodes, how: str = METHOD) -> Combined:
+    """The nodes removed together (replaced by `how`: mean or corrupted)."""
+    return Combined(tuple(Ablation(n, how) for n in nodes))
 
 
-def _with_edges(nodes, edges) -> Combined:
-    return Combined(tuple(Ablation(n, METHOD) for n in nodes) + tuple(EdgePatch(e, METHOD) for e in edges))
+def _with_edges(nodes, edges, how: str = METHOD) -> Combined:
+    """The nodes removed and the edges path-patched together (replaced by `how`)."""
+    return Combined(tuple(Ablation(n, how) for n in nodes) + tuple(EdgePatch(e, how) for e in edges))
 
 
 def _check_options(target: float, margin: float, method: str) -> None:
@@ -271,7 +391,36 @@ def _found_nodes(kept, effects, head_scores, role_threshold: float) -> list[Foun
 
 
 # ------------------------------------------------------------------ entry point
-def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
+def _prune_edges(sweeper: _Sweeper, nodes: PruneOutcome, ratio: Callable, how: str,
+                 say: Callable[[str], None]) -> PruneOutcome:
+    """Every Q/K/V edge between kept components (sender in an earlier layer), weakest composition first,
+    pruned greedily from the node circuit's fraction."""
+    outside = list(nodes.removed)
+    kept_heads = [n for n in nodes.kept if n.is_head]
+    candidates = [Edge(s, r, k) for r in kept_heads for s in nodes.kept if s.layer < r.layer
+                  for k in ("Q", "K", "V")]
+    candidates.sort(key=lambda e: _weakest_first(ratio(e.sender, e.receiver, e.kind)))
+
+    def eval_edges(sets: list[tuple]) -> list[float]:
+        return [sweeper.recovered(v) for v in sweeper.values([_with_edges(outside, s, how) for s in sets])]
+
+    if not candidates:
+        return PruneOutcome((), (), {}, nodes.recovered, ())
+    return prune_greedy(candidates, eval_edges, target=sweeper.target, start=nodes.recovered, stage="edges",
+                        progress=say)
+
+
+def _ratio_of(comp) -> Callable:
+    """ratio(sender, receiver, kind): the composition score over the random baseline (None without one)."""
+    def ratio(sender, receiver, kind) -> float | None:
+        if comp is None or not sender.is_head:
+            return None
+        return float(comp.scores[kind][sender.layer, sender.head, receiver.layer, receiver.head]
+                     / comp.baseline[kind])
+    return ratio
+
+
+def discover(model: HookedTransformer, task: str | Path | Task | TaskFile = DEFAULT_TASK,
              data: str | Mapping[str, Any] | None = None, *, target: float = DEFAULT_TARGET,
              margin: float = DEFAULT_MARGIN, role_threshold: float = DEFAULT_ROLE_THRESHOLD,
              method: str = "batched", model_ref: str | None = None, name: str | None = None,
@@ -279,83 +428,79 @@ def discover(model: HookedTransformer, task: str | Task = DEFAULT_TASK,
              progress: Callable[[str], None] | None = None) -> Circuit:
     """Find the circuit of `task` in `model` and write it as a spec (see the module docstring).
 
-    Raises TaskNotDone (exit code 1) when the model does not do the task, UsageError (exit code 2) for
-    options, data and plugins that do not fit. `name` overrides the spec's name (default: the task and
-    the model's short name)."""
+    `task`: a task plugin's name or record, or a task file (its path, or a loaded `TaskFile`; see
+    `resolve_task`). Raises TaskNotDone (exit code 1) when the model does not do the task, UsageError (exit
+    code 2) for options, data, task files and plugins that do not fit. `name` overrides the spec's name
+    (default: the task and the model's short name)."""
     _check_options(target, margin, method)
     manager = manager or get_manager()
-    task = resolve_task(task, manager)
-    metric = _require(manager, task)
+    resolved = resolve_task(task, manager)
+    check_task_data(resolved, data)
+    metric = _require(manager, resolved)
     say = progress or (lambda message: None)
     start = time.perf_counter()
     model.eval()
     given = model_ref or model.source or model.cfg.name or "model"
     ref = absolute_model(given)
-    spec_data, ref_data = task_data(task, data, manager)
+    setup = _file_setup(model, resolved, metric, data) if isinstance(resolved, TaskFile) else None
     with _count_passes(model) as passes, torch.inference_mode():
-        batch, ref_batch = _batches(model, spec_data, ref_data, manager)
+        if setup is None:
+            assert isinstance(resolved, Task)
+            setup = _plugin_setup(model, resolved, metric, data, manager)
         say("detectors: scoring every head")
-        head_scores, pair_scores = run_detectors(model, batch, _detectors(manager))
-        comp = pair_scores.get("composition")
-
-        clean = clean_run(model, batch.tokens, patterns=False)
-        reference = clean_run(model, ref_batch.tokens, patterns=False)
-
-        def metric_fn(logits, tokens):
-            return metric.compute(logits, batch, clean.logits)
-
-        sweeper = _Sweeper(model, clean, reference, metric_fn, method)
-        every = sorted(components(model), key=node_key)
-        t_prune = time.perf_counter()
-        say("nodes: ablating every component")
-        sweeper.ablated_value = sweeper.values([_ablation(every)])[0]
-        require_task(given, task, metric, spec_data, sweeper.clean_value, sweeper.ablated_value)
-        effect = sweeper.ablated_value - sweeper.clean_value
-
-        def eval_nodes(sets: list[tuple]) -> list[float]:
-            return [sweeper.recovered(v) for v in sweeper.values([_ablation(s) for s in sets])]
-
-        nodes = prune_greedy(every, eval_nodes, target, stage="nodes", progress=say)
-        outside = list(nodes.removed)
-        kept_heads = [n for n in nodes.kept if n.is_head]
-
-        def ratio(sender, receiver, kind) -> float | None:
-            if comp is None or not sender.is_head:
-                return None
-            return float(comp.scores[kind][sender.layer, sender.head, receiver.layer, receiver.head]
-                         / comp.baseline[kind])
-
-        candidates = [Edge(s, r, k) for r in kept_heads for s in nodes.kept if s.layer < r.layer
-                      for k in ("Q", "K", "V")]
-        candidates.sort(key=lambda e: _weakest_first(ratio(e.sender, e.receiver, e.kind)))
-
-        def eval_edges(sets: list[tuple]) -> list[float]:
-            return [sweeper.recovered(v) for v in sweeper.values([_with_edges(outside, s) for s in sets])]
-
-        if candidates:
-            edges = prune_greedy(candidates, eval_edges, target, start=nodes.recovered, stage="edges",
-                                 progress=say)
-        else:
-            edges = PruneOutcome((), (), {}, nodes.recovered, ())
-        prune_seconds = time.perf_counter() - t_prune
-        # the whole model: nothing is ablated, the metric is the clean one
-        metric_nodes = sweeper.clean_value if not outside else sweeper.ablated_value - nodes.recovered * effect
-        metric_circuit = sweeper.clean_value if not outside and not edges.removed else \
-            sweeper.ablated_value - edges.recovered * effect
-
-        found_edges = [FoundEdge(e.sender.name, e.receiver.name, e.kind, ratio(e.sender, e.receiver, e.kind),
-                                 edges.effects[e])
-                       for e in sorted(edges.kept, key=lambda e: (node_key(e.sender), node_key(e.receiver),
-                                                                  "QKV".index(e.kind)))]
-        name = name or spec_name(task.name, ref)
-        say("checks: measuring the spec's claims")
-        circuit = Circuit(
-            ref, task.name, task.metric, spec_data, ref_data,
-            tuple(_found_nodes(nodes.kept, nodes.effects, head_scores, role_threshold)), tuple(found_edges),
-            sweeper.clean_value, sweeper.ablated_value, metric_nodes, metric_circuit, target, margin,
-            role_threshold, method, (*nodes.rounds, *edges.rounds), sweeper.interventions, sweeper.passes,
-            0, prune_seconds, 0.0, (), "", name, len(every))
+        head_scores, pair_scores = _scores(model, setup.batch, _detectors(manager))
+        circuit = _prune(model, setup, head_scores, pair_scores.get("composition"), target, margin,
+                         role_threshold, method, given, ref, name, say)
         roles = [d for d in ROLE_DETECTORS if d in head_scores]
-        spec_text, checks = build_spec(circuit, model, roles, name, manager)
+        spec_text, checks = build_spec(circuit, model, roles, circuit.name, manager)
     return replace(circuit, checks=tuple(checks), spec_text=spec_text, total_passes=passes[0],
                    seconds=time.perf_counter() - start)
+
+
+def _prune(model: HookedTransformer, setup: Setup, head_scores: dict, comp, target: float, margin: float,
+           role_threshold: float, method: str, given: str, ref: str, name: str | None,
+           say: Callable[[str], None]) -> Circuit:
+    """The clean and reference runs, the does-the-task rule, node and edge pruning: the Circuit found
+    (without its checks)."""
+    clean = clean_run(model, setup.batch.tokens, patterns=False)
+    reference = clean_run(model, setup.reference.tokens, patterns=False)
+    batch, metric = setup.batch, setup.metric
+
+    def metric_fn(logits, tokens):
+        return metric.compute(logits, batch, clean.logits)
+
+    sweeper = _Sweeper(model, clean, reference, metric_fn, method, target)
+    how = setup.ablation
+    every = sorted(components(model), key=node_key)
+    t_prune = time.perf_counter()
+    say("nodes: removing every component")
+    sweeper.ablated_value = sweeper.values([_ablation(every, how)])[0]
+    require_task(given, setup.task, metric, setup.data, sweeper.clean_value, sweeper.ablated_value, how)
+    effect = sweeper.ablated_value - sweeper.clean_value
+
+    def eval_nodes(sets: list[tuple]) -> list[float]:
+        return [sweeper.recovered(v) for v in sweeper.values([_ablation(s, how) for s in sets])]
+
+    nodes = prune_greedy(every, eval_nodes, target, stage="nodes", progress=say)
+    ratio = _ratio_of(comp)
+    edges = _prune_edges(sweeper, nodes, ratio, how, say)
+    prune_seconds = time.perf_counter() - t_prune
+    outside = list(nodes.removed)
+    # the whole model: nothing is ablated, the metric is the clean one
+    metric_nodes = sweeper.clean_value if not outside else sweeper.ablated_value - nodes.recovered * effect
+    metric_circuit = sweeper.clean_value if not outside and not edges.removed else \
+        sweeper.ablated_value - edges.recovered * effect
+    found_edges = [FoundEdge(e.sender.name, e.receiver.name, e.kind, ratio(e.sender, e.receiver, e.kind),
+                             edges.effects[e])
+                   for e in sorted(edges.kept, key=lambda e: (node_key(e.sender), node_key(e.receiver),
+                                                              "QKV".index(e.kind)))]
+    corrupted = float(metric_fn(reference.logits, None)) if setup.task_file else math.nan
+    say("checks: measuring the spec's claims")
+    return Circuit(
+        ref, setup.task, metric.name, setup.data, setup.reference_data,
+        tuple(_found_nodes(nodes.kept, nodes.effects, head_scores, role_threshold)), tuple(found_edges),
+        sweeper.clean_value, sweeper.ablated_value, metric_nodes, metric_circuit, target, margin,
+        role_threshold, method, (*nodes.rounds, *edges.rounds), sweeper.interventions, sweeper.passes,
+        0, prune_seconds, 0.0, (), "", name or spec_name(setup.task, ref), len(every),
+        task_file=setup.task_file, ablation=how, lower_is_better=metric.lower_is_better,
+        metric_corrupted=corrupted)

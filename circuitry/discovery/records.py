@@ -84,8 +84,8 @@ class Circuit:
     nodes: tuple[FoundNode, ...]
     edges: tuple[FoundEdge, ...]
     metric_clean: float
-    metric_ablated: float  # every component mean-ablated
-    metric_nodes: float  # components outside the circuit mean-ablated
+    metric_ablated: float  # every component removed (mean-ablated, or its corrupted activation for a task file)
+    metric_nodes: float  # components outside the circuit removed
     metric_circuit: float  # ... and the pruned edges patched as well
     target: float
     margin: float
@@ -101,6 +101,10 @@ class Circuit:
     spec_text: str  # the spec as printed (a local model path absolute; `write_spec` relocates it)
     name: str  # the spec's metadata.name
     components: int  # heads and MLPs of the model
+    task_file: str = ""  # a task file's absolute path ("" for a task plugin)
+    ablation: str = "mean"  # how removed components and edges are replaced: mean, or corrupted (a task file)
+    lower_is_better: bool = True  # the metric's direction
+    metric_corrupted: float = math.nan  # a task file: the metric on the corrupted prompts (same answers)
 
     @property
     def whole_model(self) -> bool:
@@ -124,15 +128,19 @@ class Circuit:
     def to_json(self) -> dict:
         """The strict-JSON document of `discover --json`. A number that is undefined is null:
         recovered fractions when ablating everything leaves the metric at its clean value (0/0),
-        metrics that came out NaN or infinite. The `seconds` fields (here and in each round) are
+        metrics that came out NaN or infinite, `metric_corrupted` and `task_file` without a task file. The
+        `seconds` fields (here and in each round) are
         the only timings."""
         return {
-            "name": self.name, "model": self.model, "task": self.task, "metric": self.metric, "does_task": True,
+            "name": self.name, "model": self.model, "task": self.task, "task_file": self.task_file or None,
+            "metric": self.metric, "lower_is_better": self.lower_is_better, "ablation": self.ablation,
+            "does_task": True,
             "data": finite_tree(dict(self.data)), "reference_data": finite_tree(dict(self.reference_data)),
             "nodes": [n.to_json() for n in self.nodes], "edges": [e.to_json() for e in self.edges],
             "whole_model": self.whole_model,
-            "metric_clean": _num(self.metric_clean), "metric_all_ablated": _num(self.metric_ablated),
-            "metric_nodes_only": _num(self.metric_nodes), "metric_circuit": _num(self.metric_circuit),
+            "metric_clean": _num(self.metric_clean), "metric_corrupted": _num(self.metric_corrupted),
+            "metric_all_ablated": _num(self.metric_ablated), "metric_nodes_only": _num(self.metric_nodes),
+            "metric_circuit": _num(self.metric_circuit),
             "recovered_nodes": _num(self.recovered_nodes), "recovered": _num(self.recovered),
             "target": self.target, "margin": self.margin, "role_threshold": self.role_threshold,
             "sweeps": self.method, "rounds": [r.to_json() for r in self.rounds],
@@ -143,6 +151,10 @@ class Circuit:
         }
 
 
+# how every component is removed in the all-ablated run, in words
+REMOVED = {"mean": "mean-ablated", "corrupted": "replaced by its activation on the corrupted prompts"}
+
+
 class TaskNotDone(CircuitryError):
     """The model does not do the task: the metric on the clean run is not clearly better than with every
     component ablated, so there is no circuit to find. A finding, not an error of the user: exit code 1."""
@@ -150,17 +162,18 @@ class TaskNotDone(CircuitryError):
     exit_code = 1
 
     def __init__(self, model: str, task: str, metric: str, data: Mapping[str, Any], clean: float,
-                 ablated: float, lower_is_better: bool, required: float, rule: str) -> None:
+                 ablated: float, lower_is_better: bool, required: float, rule: str, ablation: str = "mean") -> None:
         self.model, self.task, self.metric, self.data = model, task, metric, dict(data)
         self.clean, self.ablated, self.lower_is_better = clean, ablated, lower_is_better
-        self.required, self.rule = required, rule
+        self.required, self.rule, self.ablation = required, rule, ablation
+        removed = REMOVED.get(ablation, f"replaced ({ablation})")
         better = "lower" if lower_is_better else "higher"
         how = f"better by {self.effect:.4g}" if self.effect >= 0 else f"worse by {-self.effect:.4g}"
         if math.isnan(self.effect):
             how = "not comparable"
         super().__init__(
             f"{model} does not do task {task!r}: {metric} {clean:.4f} on the clean run, {ablated:.4f} with every "
-            f"component mean-ablated; a model that does the task is better ({better}) on the clean run by at "
+            f"component {removed}; a model that does the task is better ({better}) on the clean run by at "
             f"least {required:.4g} ({rule}), this one is {how}. There is no circuit to find; no spec written.")
 
     @property
@@ -171,7 +184,7 @@ class TaskNotDone(CircuitryError):
     def to_json(self) -> dict:
         """The `discover --json` document of the refusal (undefined numbers are null)."""
         return {"model": self.model, "task": self.task, "metric": self.metric, "data": finite_tree(self.data),
-                "does_task": False, "circuit": None, "spec": None, "reason": str(self),
+                "does_task": False, "circuit": None, "spec": None, "reason": str(self), "ablation": self.ablation,
                 "metric_clean": _num(self.clean), "metric_all_ablated": _num(self.ablated),
                 "lower_is_better": self.lower_is_better, "effect": _num(self.effect),
                 "required_effect": _num(self.required), "rule": self.rule}

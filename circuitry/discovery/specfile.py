@@ -12,6 +12,16 @@ Checks (those that apply to the circuit found):
 - a faithfulness check: the fraction of the metric the nodes recover with every
   other component mean-ablated (1 by definition when the circuit is the whole model).
 
+On a task file (`kind: Task`) the spec names the task (`task:`, no data) and
+the intervention checks patch activations of the corrupted prompts
+(`intervention: corrupted`) with normalised expectations (the fraction of the
+clean-corrupted difference the patch carries):
+- a metric check: the task is solved on the clean run (bound in the metric's
+  better direction);
+- patching the node whose removal costs most; patching every node together
+  (a circuit of more than one node); patching every kept edge together;
+- the faithfulness check with `ablation: corrupted`.
+
 Margin rule (margin m, default 0.2): a measured value v gives the bound
 `>= v - m|v|` (for a negative change: `<= v + m|v|`), rounded outwards to 3
 decimals; a composition ratio r (score / random baseline) gives
@@ -63,6 +73,16 @@ def _ceil3(x: float) -> float:
     return math.ceil(x * 1000 - 1e-9) / 1000
 
 
+def better_bound(value: float, margin: float, lower_is_better: bool) -> str:
+    """The expectation for a metric that must stay as good as measured: <= v + m|v| where lower is better,
+    >= v - m|v| where higher is better."""
+    if not math.isfinite(value):
+        raise ValueError(f"no bound for the non-finite value {value!r}")
+    if lower_is_better:
+        return f"<= {_ceil3(value + margin * abs(value)):.3f}"
+    return f">= {_floor3(value - margin * abs(value)):.3f}"
+
+
 def bound(value: float, margin: float) -> str:
     """The expectation for a measured value: >= v - m|v| (v >= 0), <= v + m|v| (v < 0)."""
     if not math.isfinite(value):
@@ -110,35 +130,82 @@ def absolute_model(ref: str) -> str:
     return path if ref == rest else f"{scheme}:{path}"
 
 
+def _inside(path: str, spec_dir: str | Path) -> str | None:
+    """An absolute path inside `spec_dir` (at any depth) as a POSIX path relative to it; else None."""
+    if not Path(path).is_absolute():
+        return None
+    try:
+        rel = Path(path).relative_to(Path(spec_dir).resolve())
+    except ValueError:
+        return None
+    return None if str(rel) == "." else rel.as_posix()
+
+
 def model_for_spec(ref: str, spec_dir: str | Path) -> str:
     """The `model:` of a spec written in `spec_dir`: a local model inside that directory as a path relative
     to it (specs read relative paths from their directory first); anything else unchanged."""
     scheme, rest = split_ref(ref)
-    if scheme not in ("file", "hf", "tl") or not rest or not Path(rest).is_absolute():
+    if scheme not in ("file", "hf", "tl") or not rest:
         return ref
-    try:
-        rel = Path(rest).relative_to(Path(spec_dir).resolve())
-    except ValueError:
+    rel = _inside(rest, spec_dir)
+    if rel is None:
         return ref
-    if str(rel) == ".":
-        return ref
-    return rel.as_posix() if ref == rest else f"{scheme}:{rel.as_posix()}"
+    return rel if ref == rest else f"{scheme}:{rel}"
+
+
+def task_for_spec(path: str, spec_dir: str | Path) -> str:
+    """The `task:` of a spec written in `spec_dir`: the task file's path relative to it when the file lies
+    inside it (at any depth), else the absolute path (the same rule as for model paths)."""
+    return _inside(path, spec_dir) or path
+
+
+def _replace_line(text: str, old: str, new: str) -> str:
+    return "\n".join(new if line == old else line for line in text.split("\n"))
 
 
 def spec_text_at(circuit: Circuit, path: str | Path) -> str:
-    """The circuit's spec as written to `path`: its `model:` relative to the spec's directory when the
-    model lies inside it (`model_for_spec`)."""
-    moved = model_for_spec(circuit.model, Path(path).parent)
-    if moved == circuit.model:
-        return circuit.spec_text
-    old, new = f"model: {_q(circuit.model)}", f"model: {_q(moved)}"
-    return "\n".join(new if line == old else line for line in circuit.spec_text.split("\n"))
+    """The circuit's spec as written to `path`: its `model:` (`model_for_spec`) and `task:`
+    (`task_for_spec`) relative to the spec's directory when they lie inside it."""
+    text, spec_dir = circuit.spec_text, Path(path).parent
+    moved = model_for_spec(circuit.model, spec_dir)
+    if moved != circuit.model:
+        text = _replace_line(text, f"model: {_q(circuit.model)}", f"model: {_q(moved)}")
+    if circuit.task_file:
+        task = task_for_spec(circuit.task_file, spec_dir)
+        if task != circuit.task_file:
+            text = _replace_line(text, f"task: {_q(circuit.task_file)}", f"task: {_q(task)}")
+    return text
 
 
 # ------------------------------------------------------------------ the checks
+def _top_node(circuit: Circuit):
+    """The node whose removal alone costs most (an undefined effect counts least)."""
+    return max(circuit.nodes, key=lambda n: n.effect if not math.isnan(n.effect) else -math.inf)
+
+
+def _task_checks(circuit: Circuit) -> list[dict]:
+    """A task file's checks besides detectors, composition and faithfulness: the task is solved; patching the
+    top node, every node and every kept edge with the corrupted prompts' activations (normalised effects)."""
+    checks: list[dict] = [{"id": "task-solved", "kind": "metric", "metric": circuit.metric, "_rule": "better",
+                           "_what": "clean run"}]
+
+    def patch(cid: str, target: list[str], what: str) -> dict:
+        return {"id": cid, "kind": "intervention", "intervention": "corrupted", "target": target,
+                "metric": circuit.metric, "_rule": "bound", "_what": what, "_key": "normalised"}
+
+    if circuit.nodes:
+        top = _top_node(circuit)
+        checks.append(patch(f"patch-{top.name.lower()}", [top.name], "normalised effect"))
+    if len(circuit.nodes) > 1:
+        checks.append(patch("patch-circuit-nodes", [n.name for n in circuit.nodes], "normalised effect"))
+    if circuit.edges:
+        checks.append(patch("patch-circuit-edges", [e.name for e in circuit.edges], "normalised effect"))
+    return checks
+
+
 def plan_checks(circuit: Circuit, role_detectors: Sequence[str]) -> list[dict]:
-    """The checks to write, as spec mappings without `expect`; `_rule` (bound or ratio) and `_what`
-    (what the measured value is) are for the writer."""
+    """The checks to write, as spec mappings without `expect`; `_rule` (bound, better or ratio), `_what`
+    (what the measured value is) and `_key` (the expectation's key) are for the writer."""
     checks: list[dict] = []
     roles = {n.role for n in circuit.nodes}
     for role in role_detectors:
@@ -151,12 +218,17 @@ def plan_checks(circuit: Circuit, role_detectors: Sequence[str]) -> list[dict]:
         if edges:
             checks.append({"id": f"{kind.lower()}-composition", "kind": "composition",
                            "edges": [e.name for e in edges], "_rule": "ratio", "_what": "lowest edge"})
+    if circuit.task_file:
+        checks += _task_checks(circuit)
+        checks.append({"id": "faithfulness", "kind": "faithfulness", "ablation": circuit.ablation,
+                       "metric": circuit.metric, "_rule": "bound", "_what": "fraction recovered"})
+        return checks
     prev = [n.name for n in circuit.nodes if n.role == "previous_token"]
     if prev:
         checks.append({"id": "ablate-previous-token-heads", "kind": "intervention", "intervention": "zero",
                        "target": prev, "metric": circuit.metric, "_rule": "bound", "_what": "change"})
     elif circuit.nodes:
-        top = max(circuit.nodes, key=lambda n: n.effect if not math.isnan(n.effect) else -math.inf)
+        top = _top_node(circuit)
         checks.append({"id": f"ablate-{top.name.lower()}", "kind": "intervention", "intervention": "zero",
                        "target": [top.name], "metric": circuit.metric, "_rule": "bound", "_what": "change"})
     if circuit.edges:
@@ -175,10 +247,15 @@ def purpose(check: dict) -> str:
         return f"the {check['detector']} scores of the heads with that role"
     if kind == "composition":
         return f"the composition of the edges {', '.join(check['edges'])}"
+    if kind == "intervention" and check["intervention"] == "corrupted":
+        return (f"patching {', '.join(check['target'])} with the corrupted prompts' activations: normalised effect "
+                f"on {check['metric']}")
     if kind == "intervention":
         return f"{check['intervention']}-ablating {', '.join(check['target'])}: change in {check['metric']}"
     if kind == "faithfulness":
         return f"the fraction of {check['metric']} the circuit's nodes recover"
+    if kind == "metric":
+        return f"{check['metric']} on the clean prompts"
     return kind
 
 
@@ -187,7 +264,7 @@ def _expect_yaml(check: dict, expect: str) -> str:
     if check["kind"] == "composition":
         return f"{{ratio_to_baseline: {_q(expect)}}}"
     if check["kind"] == "intervention":
-        return f"{{change: {_q(expect)}}}"
+        return f"{{{check.get('_key', 'change')}: {_q(expect)}}}"
     return _q(expect)
 
 
@@ -217,11 +294,20 @@ def _node_comment(circuit: Circuit, node) -> str:
 def _header(circuit: Circuit, name: str, omitted: dict[str, float]) -> list[str]:
     """The comment lines on top of the spec: how the circuit was found and how thresholds were set."""
     m = circuit.margin
+    if circuit.task_file:
+        how = ["# Pruning: greedy rounds of batched sweeps remove components (replaced by their activations",
+               "# on the task's corrupted prompts, row by row) and then Q/K/V edges (path-patched the same way)",
+               f"# while the circuit recovers >= {circuit.target:g} of the task metric {circuit.metric!r}",
+               f"# ((ablated - circuit) / (ablated - clean)): clean {circuit.metric_clean:.4f}, corrupted prompts "
+               f"{circuit.metric_corrupted:.4f},"]
+    else:
+        how = ["# Pruning: greedy rounds of batched sweeps remove components (mean-ablated) and then",
+               f"# Q/K/V edges (mean-patched) while the circuit recovers >= {circuit.target:g} of the task",
+               f"# metric {circuit.metric!r} ((ablated - circuit) / (ablated - clean)): clean "
+               f"{circuit.metric_clean:.4f},"]
     lines = [
         f"# {name}: a circuit found by `circuitry discover` for the task {circuit.task!r}.",
-        "# Pruning: greedy rounds of batched sweeps remove components (mean-ablated) and then",
-        f"# Q/K/V edges (mean-patched) while the circuit recovers >= {circuit.target:g} of the task",
-        f"# metric {circuit.metric!r} ((ablated - circuit) / (ablated - clean)): clean {circuit.metric_clean:.4f},",
+        *how,
         (f"# every component ablated {circuit.metric_ablated:.4f}; the nodes recover "
          f"{circuit.recovered_nodes:.3f}, the nodes with only"),
         f"# the edges below {circuit.recovered:.3f}.",
@@ -234,6 +320,9 @@ def _header(circuit: Circuit, name: str, omitted: dict[str, float]) -> list[str]
         "# gives '>= v - m|v|' (a negative change: '<= v + m|v|'), rounded outwards to 3 decimals; a",
         "# composition ratio r (score / random baseline) gives 'ratio_to_baseline >= 1 + (r - 1)(1 - m)'.",
     ]
+    if circuit.task_file:
+        better = "'<= v + m|v|' (lower is better)" if circuit.lower_is_better else "'>= v - m|v|' (higher is better)"
+        lines.append(f"# The task's metric on the clean prompts v gives {better}.")
     lines += [f"# Not written: check {cid!r}, measured {v!r} (no finite value to bound)." for cid, v in omitted.items()]
     return lines
 
@@ -250,8 +339,8 @@ def render(circuit: Circuit, checks: list[dict], expects: dict[str, str], name: 
         f"  description: {_q(_description(circuit))}",
         f"  tags: {_q(['discovered', circuit.task])}",
         f"model: {_q(circuit.model)}",
-        f"data: {_q(dict(circuit.data))}",
-        f"reference_data: {_q(dict(circuit.reference_data))}",
+        *([f"task: {_q(circuit.task_file)}"] if circuit.task_file else
+          [f"data: {_q(dict(circuit.data))}", f"reference_data: {_q(dict(circuit.reference_data))}"]),
         "circuit:",
         "  nodes:",
     ]
@@ -301,6 +390,8 @@ def _in_user_terms(error: SpecError, circuit: Circuit, checks: list[dict], name:
         return f"the reference data for mean ablations {data_ref(dict(circuit.reference_data))}: {message}"
     if head == "model":
         return f"the model {circuit.model}: {message}"
+    if head == "task":
+        return f"the task file {circuit.task_file}: {message}"
     if head == "metadata":
         return f"the spec's name {name!r}: {message}"
     if head == "checks" and len(path) > 1 and isinstance(path[1], int) and path[1] < len(checks):
@@ -356,6 +447,15 @@ def measure_on(run: VerifiedRun, spec: CircuitSpec) -> list:
     return results
 
 
+def _expectation(check: dict, value: float, circuit: Circuit) -> str:
+    """The bound of a measured value by the check's rule (`bound`, `ratio_bound` or `better_bound`)."""
+    if check["_rule"] == "ratio":
+        return ratio_bound(value, circuit.margin)
+    if check["_rule"] == "better":
+        return better_bound(value, circuit.margin, circuit.lower_is_better)
+    return bound(value, circuit.margin)
+
+
 def build_spec(circuit: Circuit, model, role_detectors: Sequence[str], name: str,
                manager) -> tuple[str, list[MeasuredCheck]]:
     """(spec text, measured checks): draft spec -> verify measures each check -> thresholds -> the written
@@ -371,8 +471,7 @@ def build_spec(circuit: Circuit, model, role_detectors: Sequence[str], name: str
     if not kept:
         raise CircuitryError(f"no check of the discovered circuit measured a finite value on {circuit.model}: "
                              f"no spec written")
-    expects = {c["id"]: (ratio_bound if c["_rule"] == "ratio" else bound)(measured[c["id"]], circuit.margin)
-               for c in kept}
+    expects = {c["id"]: _expectation(c, measured[c["id"]], circuit) for c in kept}
     text = render(circuit, kept, expects, name, measured, omitted)
     try:
         written = load_spec(text=text, manager=manager)
