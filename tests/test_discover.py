@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 import circuitry.cli
 from circuitry.cli import main
@@ -345,6 +347,11 @@ def test_how_clearly_a_model_must_do_the_task():
     higher = Metric("logit_diff", "", lambda *a: 0.0, lower_is_better=False)
     assert task_effect_required(0.24, 4.26) == pytest.approx(0.05 * 4.26)  # 5% of the larger magnitude
     assert task_effect_required(0.0, 0.5) == 0.1  # at least 0.1 in the metric's units
+    assert task_effect_required(0.4, 0.2, "logit_diff") == 1.0  # ... and 1 in logits
+    assert task_effect_required(40.0, 0.2, "logit_diff") == pytest.approx(2.0)
+    require_task("m", task, higher, {}, 1.05, 0.0)
+    with pytest.raises(TaskNotDone, match="at least 1 in the metric's units"):
+        require_task("m", task, higher, {}, 0.95, 0.0)  # a random model's logit difference: a few tenths
     require_task("m", task, loss, {}, 0.24, 4.26)  # the shipped model: passes
     require_task("m", task, higher, {}, 4.0, 1.0)
     for metric, clean, ablated in ((loss, 4.0, 4.05), (loss, 4.3, 4.2), (higher, 1.0, 4.0), (loss, math.nan, 4.0)):
@@ -525,7 +532,7 @@ def task_dir(tmp_path_factory):
     """A directory holding a copy of the task file at tasks/induction.yaml."""
     root = tmp_path_factory.mktemp("taskdir")
     (root / "tasks").mkdir()
-    (root / "tasks" / "induction.yaml").write_text(open(TASK).read())
+    (root / "tasks" / "induction.yaml").write_text(Path(TASK).read_text())
     return root
 
 
@@ -564,7 +571,7 @@ def test_a_task_file_finds_the_induction_heads(found_task, task_dir, shipped):
 def test_a_task_file_spec(found_task):
     spec = load_spec(text=found_task.spec_text)
     assert spec.task is not None and spec.task.name == "induction-contrastive"
-    raw = __import__("yaml").safe_load(found_task.spec_text)
+    raw = yaml.safe_load(found_task.spec_text)
     assert raw["task"] == found_task.task_file and "data" not in raw and "reference_data" not in raw
     checks = {c.id: c for c in spec.checks}
     solved = checks["task-solved"]
@@ -581,8 +588,6 @@ def test_a_task_file_spec(found_task):
 
 
 def test_task_file_paths_in_the_written_spec(found_task, task_dir, tmp_path, monkeypatch):
-    import yaml
-
     from circuitry.discovery import task_for_spec, write_spec
 
     beside = write_spec(found_task, task_dir / "found.yaml")
@@ -605,7 +610,7 @@ def test_discover_a_task_file_writes_a_spec_that_verify_passes(cli, tmp_path, ca
     assert doc["task"] == "induction-contrastive" and doc["ablation"] == "corrupted" and doc["spec"] == str(out)
     assert doc["recovered_nodes"] >= doc["target"] and doc["lower_is_better"] is False
     assert doc["metric_clean"] > doc["metric_corrupted"] + 5
-    assert doc["data"]["task"] == str((__import__("pathlib").Path(TASK)).resolve())
+    assert doc["data"]["task"] == str(Path(TASK).resolve())
     assert cli(["verify", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["warnings"] == []
@@ -634,8 +639,17 @@ def test_a_model_that_does_not_do_the_task_file(cli, tmp_path, capsys, shipped):
     doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert doc["does_task"] is False and doc["spec"] is None and doc["ablation"] == "corrupted"
     assert abs(doc["metric_clean"] - clean) < 1e-4 and abs(doc["metric_all_ablated"] - ablated) < 1e-4
-    assert abs(doc["effect"] - (clean - ablated)) < 1e-4 and doc["effect"] < doc["required_effect"]
+    assert abs(doc["effect"] - (clean - ablated)) < 1e-4 and doc["required_effect"] == 1.0
     assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3, 6])
+def test_random_models_do_not_do_the_task_file(shipped, seed):
+    # random models prefer tokens seen in the context a little: clean and all-replaced logit differences
+    # differ by 0.12-0.22 for these seeds, below the 1 logit a model that does the task must gain
+    with pytest.raises(TaskNotDone) as info:
+        discover(HookedTransformer(shipped.cfg, seed=seed), TASK)
+    assert 0 < info.value.effect < 0.5 and info.value.required == 1.0
 
 
 BLOCKS = "apiVersion: circuitry/v1\nkind: Task\nmetadata: {name: t}\nblocks:\n  length: {length}\n" \
@@ -673,8 +687,41 @@ def test_the_task_rule(tmp_path, monkeypatch):
     assert names_a_file("x.yaml", manager) and names_a_file("X.YML", manager) and names_a_file("a/b", manager)
     assert not names_a_file("induction", manager) and not names_a_file("inductoin", manager)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "mytask").write_text(open(__import__("pathlib").Path(__file__).parents[1] / TASK).read())
+    (tmp_path / "mytask").write_text((Path(__file__).parents[1] / TASK).read_text())
     (tmp_path / "induction").write_text("a file named like the plugin")
     assert names_a_file("mytask", manager)  # an existing file
     assert not names_a_file("induction", manager)  # a task plugin's name wins over a file without a suffix
     assert resolve_task("mytask").name == "induction-contrastive"
+
+
+def test_a_patch_that_carries_almost_nothing_is_not_written(shipped, monkeypatch):
+    real = specfile.verify
+
+    def weak(spec, **kwargs):
+        report = real(spec, **kwargs)
+        checks = tuple(dataclasses.replace(c, value=0.01) if c.id == "patch-circuit-nodes" else c
+                       for c in report.checks)
+        return dataclasses.replace(report, checks=checks)
+
+    monkeypatch.setattr(specfile, "verify", weak)
+    circuit = discover(shipped, TASK)
+    assert "patch-circuit-nodes" not in {c.id for c in circuit.checks}
+    assert "# Not written: check 'patch-circuit-nodes', measured 0.01 (the patch carries less than 0.05" \
+        in circuit.spec_text
+    assert "patch-circuit-nodes" not in {c.id for c in load_spec(text=circuit.spec_text).checks}
+
+
+def test_a_detector_that_cannot_score_the_prompts_is_a_warning(shipped):
+    from circuitry.discovery.core import _scores
+    from circuitry.records import Detector
+
+    def refuse(inp):
+        raise UsageError("the data has no repeated tokens")
+
+    detectors = {"induction": Detector("induction", "", refuse),
+                 "previous_token": get_manager().get("circuitry_detectors", "previous_token")}
+    batch = repeated_tokens(65, 64, batch=8, seq_len=10, n_repeats=2, seed=1)
+    with collecting() as found, torch.inference_mode():
+        heads, pairs = _scores(shipped, batch, detectors)
+    assert set(heads) == {"previous_token"} and pairs == {}
+    assert len(found) == 1 and "detector 'induction' cannot score" in found[0] and "no node gets the role" in found[0]

@@ -20,6 +20,7 @@ from circuitry.discovery.core import (
     DEFAULT_ROLE_THRESHOLD,
     DEFAULT_TARGET,
     DEFAULT_TASK,
+    MIN_LOGIT_EFFECT,
     MIN_TASK_EFFECT,
     MIN_TASK_EFFECT_FRACTION,
     check_task_data,
@@ -28,6 +29,7 @@ from circuitry.discovery.core import (
     resolve_task,
     task_data,
     task_effect_required,
+    task_rule,
 )
 from circuitry.discovery.prune import PruneOutcome, PruneRound, prune_greedy
 from circuitry.discovery.records import (
@@ -62,6 +64,7 @@ __all__ = [
     "DEFAULT_ROLE_THRESHOLD",
     "DEFAULT_TARGET",
     "DEFAULT_TASK",
+    "MIN_LOGIT_EFFECT",
     "MIN_TASK_EFFECT",
     "MIN_TASK_EFFECT_FRACTION",
     "Circuit",
@@ -85,5 +88,6 @@ __all__ = [
     "task_data",
     "task_effect_required",
     "task_for_spec",
+    "task_rule",
     "write_spec",
 ]

@@ -75,11 +75,26 @@ METHOD = "mean"  # how removed nodes and edges are replaced for a task plugin (a
 TASK_FILE_METHOD = "corrupted"  # ... and for a task file: by their activations on the corrupted prompts
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
 # a model does the task when the clean run beats the all-ablated one by at least this much, in the metric's
-# units, and by this fraction of the larger magnitude of the two values (see `task_effect_required`)
+# units (MIN_LOGIT_EFFECT for metrics in logits), and by this fraction of the larger magnitude of the two values
+# (see `task_effect_required`)
 MIN_TASK_EFFECT = 0.1
+MIN_LOGIT_EFFECT = 1.0  # a logit difference of 1: e-fold odds; random models reach a few tenths
+LOGIT_METRICS = ("logit_diff", "correct_logit")
 MIN_TASK_EFFECT_FRACTION = 0.05
-TASK_RULE = (f"at least {MIN_TASK_EFFECT:g} in the metric's units and {MIN_TASK_EFFECT_FRACTION:.0%} of the larger "
-             f"magnitude of the two values")
+
+
+def min_task_effect(metric: str = "") -> float:
+    """The least effect in the metric's units: MIN_LOGIT_EFFECT for a metric in logits, else MIN_TASK_EFFECT."""
+    return MIN_LOGIT_EFFECT if metric in LOGIT_METRICS else MIN_TASK_EFFECT
+
+
+def task_rule(metric: str = "") -> str:
+    """The does-the-task rule in words, for the metric."""
+    return (f"at least {min_task_effect(metric):g} in the metric's units and {MIN_TASK_EFFECT_FRACTION:.0%} of the "
+            f"larger magnitude of the two values")
+
+
+TASK_RULE = task_rule()
 CHECK_KINDS = ("detector", "composition", "intervention", "faithfulness")  # the kinds a discovered spec holds
 TASK_FILE_CHECK_KINDS = (*CHECK_KINDS, "metric")  # ... on a task file
 
@@ -283,10 +298,11 @@ def _detectors(manager: PluginManager) -> dict:
     return chosen
 
 
-def task_effect_required(clean: float, ablated: float) -> float:
+def task_effect_required(clean: float, ablated: float, metric: str = "") -> float:
     """How much better than the all-ablated run the clean run must be for the model to do the task:
-    MIN_TASK_EFFECT in the metric's units, and MIN_TASK_EFFECT_FRACTION of the larger magnitude of the two."""
-    return max(MIN_TASK_EFFECT, MIN_TASK_EFFECT_FRACTION * max(abs(clean), abs(ablated)))
+    `min_task_effect(metric)` in the metric's units (0.1; 1 for a metric in logits), and
+    MIN_TASK_EFFECT_FRACTION of the larger magnitude of the two."""
+    return max(min_task_effect(metric), MIN_TASK_EFFECT_FRACTION * max(abs(clean), abs(ablated)))
 
 
 def require_task(model_ref: str, task: Task | TaskFile | str, metric: Metric, data: Mapping[str, Any],
@@ -295,11 +311,11 @@ def require_task(model_ref: str, task: Task | TaskFile | str, metric: Metric, da
     better direction (lower for a loss, higher for a logit difference). `ablation`: how every component was
     removed (mean; corrupted for a task file, where the all-ablated run is nearly the corrupted run)."""
     effect = ablated - clean if metric.lower_is_better else clean - ablated
-    required = task_effect_required(clean, ablated)
+    required = task_effect_required(clean, ablated, metric.name)
     if not effect >= required:  # NaN fails too
         name = task if isinstance(task, str) else task.name
         raise TaskNotDone(model_ref, name, metric.name, data, clean, ablated, metric.lower_is_better,
-                          required, TASK_RULE, ablation)
+                          required, task_rule(metric.name), ablation)
 
 
 # ------------------------------------------------------------------ helpers

@@ -21,6 +21,8 @@ clean-corrupted difference the patch carries):
 - patching the node whose removal costs most; patching every node together
   (a circuit of more than one node); patching every kept edge together;
 - the faithfulness check with `ablation: corrupted`.
+A patch check whose normalised effect is below MIN_NORMALISED in magnitude
+asserts nothing and is left out (a comment says so).
 
 Margin rule (margin m, default 0.2): a measured value v gives the bound
 `>= v - m|v|` (for a negative change: `<= v + m|v|`), rounded outwards to 3
@@ -61,6 +63,7 @@ from circuitry.verify import verify
 
 PLACEHOLDER = ">= -1000000"
 MIN_COMPOSITION_RATIO = 1.2  # edges with a weaker composition get no composition check
+MIN_NORMALISED = 0.05  # a patch check whose normalised effect is smaller (in magnitude) is not written
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # dropped from a model file's name in spec names
 
 
@@ -291,7 +294,7 @@ def _node_comment(circuit: Circuit, node) -> str:
     return f"{why}; removing it alone loses {_pct(node.effect)} of the effect"
 
 
-def _header(circuit: Circuit, name: str, omitted: dict[str, float]) -> list[str]:
+def _header(circuit: Circuit, name: str, omitted: dict[str, tuple[float, str]]) -> list[str]:
     """The comment lines on top of the spec: how the circuit was found and how thresholds were set."""
     m = circuit.margin
     if circuit.task_file:
@@ -308,7 +311,8 @@ def _header(circuit: Circuit, name: str, omitted: dict[str, float]) -> list[str]
     lines = [
         f"# {name}: a circuit found by `circuitry discover` for the task {circuit.task!r}.",
         *how,
-        (f"# every component ablated {circuit.metric_ablated:.4f}; the nodes recover "
+        (f"# every component {'replaced' if circuit.task_file else 'ablated'} {circuit.metric_ablated:.4f}; "
+         f"the nodes recover "
          f"{circuit.recovered_nodes:.3f}, the nodes with only"),
         f"# the edges below {circuit.recovered:.3f}.",
     ]
@@ -323,12 +327,12 @@ def _header(circuit: Circuit, name: str, omitted: dict[str, float]) -> list[str]
     if circuit.task_file:
         better = "'<= v + m|v|' (lower is better)" if circuit.lower_is_better else "'>= v - m|v|' (higher is better)"
         lines.append(f"# The task's metric on the clean prompts v gives {better}.")
-    lines += [f"# Not written: check {cid!r}, measured {v!r} (no finite value to bound)." for cid, v in omitted.items()]
+    lines += [f"# Not written: check {cid!r}, measured {v:.4g} ({why})." for cid, (v, why) in omitted.items()]
     return lines
 
 
 def render(circuit: Circuit, checks: list[dict], expects: dict[str, str], name: str,
-           measured: dict[str, float] | None = None, omitted: dict[str, float] | None = None) -> str:
+           measured: dict[str, float] | None = None, omitted: dict[str, tuple[float, str]] | None = None) -> str:
     """The spec's YAML text, with comments on how it was found and how thresholds were set."""
     lines = [
         *_header(circuit, name, omitted or {}),
@@ -463,10 +467,16 @@ def build_spec(circuit: Circuit, model, role_detectors: Sequence[str], name: str
     checks = plan_checks(circuit, role_detectors)
     report = _draft_report(circuit, model, checks, name, manager)
     measured = {c.id: (math.nan if c.value is None else float(c.value)) for c in report.checks}
-    omitted = {c["id"]: measured[c["id"]] for c in checks if not math.isfinite(measured[c["id"]])}
-    for cid, value in omitted.items():
-        warn(f"discover: check {cid!r} ({purpose(next(c for c in checks if c['id'] == cid))}) measured "
-             f"{value!r} on {circuit.model}, no finite value to bound: it is left out of the spec")
+    omitted: dict[str, tuple[float, str]] = {}
+    for c in checks:
+        value = measured[c["id"]]
+        if not math.isfinite(value):
+            warn(f"discover: check {c['id']!r} ({purpose(c)}) measured {value!r} on {circuit.model}, no finite "
+                 f"value to bound: it is left out of the spec")
+            omitted[c["id"]] = (value, "no finite value to bound")
+        elif c.get("_key") == "normalised" and abs(value) < MIN_NORMALISED:
+            omitted[c["id"]] = (value, f"the patch carries less than {MIN_NORMALISED:g} of the clean-corrupted "
+                                       f"difference: no claim to make")
     kept = [c for c in checks if c["id"] not in omitted]
     if not kept:
         raise CircuitryError(f"no check of the discovered circuit measured a finite value on {circuit.model}: "
