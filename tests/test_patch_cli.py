@@ -53,7 +53,6 @@ def test_the_effect_lies_at_the_second_half_positions(capsys):
     (heads,) = doc["results"]
     layers, names, positions = heads["labels"]
     assert heads["dims"] == ["layer", "head", "pos"]
-    second = [i for i, p in enumerate(positions) if p.startswith("B2")]
     first = [i for i, p in enumerate(positions) if p.startswith("B1") or p == "0"]
     values = heads["normalised"]
     for l in range(len(layers)):
