@@ -20,6 +20,7 @@ from circuitry.interventions import (
     Edge,
     EdgePatch,
     Node,
+    Patch,
     all_heads,
     all_mlps,
     clean_run,
@@ -151,6 +152,18 @@ def _sweep_interventions(model) -> list:
     items += [Combined((Ablation(heads[1]), Ablation(heads[-1], "mean"),
                         EdgePatch(Edge(heads[0], "logits", "direct")))),
               Combined((EdgePatch(Edge(heads[2], Node(1, 0), "K")), Ablation(heads[-2], preserve_patterns=True)))]
+    # activation sites from the paired run, at one position or everywhere, and their mean
+    col = torch.zeros(5, 15, dtype=torch.bool)
+    col[:, 9] = True
+    sites = ["L0.resid_pre", "L1.resid_pre", "L0.resid_post", "L1.resid_post", "L0.attn_out", "L1.attn_out",
+             "L0H1", "L1H2", "L0H2.q", "L1H1.k", "L1H3.v", "L1H0.q_input", "L0H3.k_input", "L1H2.v_input",
+             "L1H1.pattern"]
+    if not cfg.attn_only:
+        sites += ["M0", "M1"] + ([] if cfg.parallel_attn_mlp else ["L0.resid_mid", "L1.resid_mid"])
+    items += [Patch(s, m, at) for s in sites for m, at in (("corrupted", col), ("corrupted", None), ("mean", col))]
+    items += [Combined((Patch("L0H1", at=col), Patch("L0.resid_post"), Ablation(heads[-1], "corrupted", at=col),
+                        EdgePatch(Edge(heads[0], "logits", "direct"), "corrupted", at=col),
+                        Patch("L1.resid_post", "mean", at=col)))]
     return items
 
 

@@ -330,8 +330,8 @@ def test_bad_input_gives_usage_errors(shipped):
         (lambda: run_interventions(shipped, tokens, [Patch("L0H1")], reference=batch.corrupted[:2]), "row i"),
         (lambda: run_interventions(shipped, tokens, [Patch("L0H1", at=bad_mask)], reference=batch.corrupted),
          r"at has shape \(3, 9\)"),
-        (lambda: run_interventions(shipped, clean_run(shipped, tokens), [Patch("L0.attn_out")],
-                                   reference=batch.corrupted), "clean run's cache lacks 'blocks.0.hook_attn_out'"),
+        (lambda: run_interventions(shipped, clean_run(shipped, tokens), [Patch("L0H1.q", "mean")]),
+         "clean run's cache lacks 'blocks.0.attn.hook_q'"),
         (lambda: run_interventions(shipped, tokens, [Patch("L0H1.q")], reference=reference_run(shipped, tokens)),
          "reference run's cache lacks 'blocks.0.attn.hook_q'"),
     ]

@@ -142,6 +142,17 @@ class Context:
         return self._hook_of(self.clean, site) in self.clean.cache
 
     def clean_value(self, site: Site) -> torch.Tensor:
+        """The site's clean activation; an attention output the cache lacks is the residual stream's change
+        across it (equal up to float rounding)."""
+        if site.kind == "attn_out" and not self.has_clean(site):
+            l, cfg = site.layer, self.cfg
+            pre = self.clean_act(f"blocks.{l}.hook_resid_pre")[:, : self.pos]
+            if cfg.attn_only:
+                return self.site_value(self.clean, Site("resid_post", l), "clean") - pre
+            if not cfg.parallel_attn_mlp:
+                return self.clean_act(f"blocks.{l}.hook_resid_mid")[:, : self.pos] - pre
+            after = self.site_value(self.clean, Site("resid_post", l), "clean")
+            return after - pre - self.clean_act(f"blocks.{l}.hook_mlp_out")[:, : self.pos]
         return self.site_value(self.clean, site, "clean")
 
     def _zeros(self, site: Site) -> torch.Tensor:

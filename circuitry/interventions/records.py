@@ -200,7 +200,10 @@ class CleanRun:
     what interventions read: blocks.{l}.hook_resid_pre (and hook_resid_mid
     for models with sequential MLPs), the last block's hook_resid_post,
     attn.hook_z, hook_mlp_out, and attn.hook_pattern for pattern-preserving
-    ablations. A full `model.run_with_cache(tokens)` cache works too.
+    ablations; for `Patch` parts, the hooks of their sites
+    (`patched_site_names`: an attention output's clean value gives its
+    change; the others let a sweep recognise patches that change nothing).
+    A full `model.run_with_cache(tokens)` cache works too.
     """
 
     tokens: torch.Tensor

@@ -59,10 +59,11 @@ def site_kind(what: str) -> str:
 
 
 def make_grid(what: str, cfg, batch: int, pos: int, per_position: bool | None = None,
-              method: str = "corrupted") -> Grid:
+              method: str = "corrupted", device: torch.device | str = "cpu") -> Grid:
     """Every patch of a sweep of `what` on a model with config `cfg`, for runs of [batch, pos] tokens.
 
-    per_position None: the kind's default (layer kinds per position, head kinds not).
+    per_position None: the kind's default (layer kinds per position, head kinds not). The position
+    masks are made on `device` (the model's).
     """
     kind = site_kind(what)
     per_head = what in HEAD_KINDS
@@ -72,7 +73,7 @@ def make_grid(what: str, cfg, batch: int, pos: int, per_position: bool | None = 
         check_site(Site(kind, 0, 0 if per_head else None), cfg)
     except UsageError as exc:
         raise UsageError(f"activation patching of {what}: {exc}") from None
-    columns = [torch.zeros(batch, pos, dtype=torch.bool) for _ in range(pos)] if per_position else []
+    columns = [torch.zeros(batch, pos, dtype=torch.bool, device=device) for _ in range(pos)] if per_position else []
     for p, col in enumerate(columns):
         col[:, p] = True
     ats: list[torch.Tensor | None] = list(columns) if per_position else [None]

@@ -87,7 +87,7 @@ def activation_patching(model, batch: ContrastiveBatch, what: str, metric: Patch
                          f"{type(batch).__name__}")
     base = batch.corrupted_batch() if denoise else batch  # base.tokens: the run patched; base.corrupted: the source
     n_rows, n_pos = base.tokens.shape
-    grid = make_grid(what, model.cfg, n_rows, n_pos, per_position)
+    grid = make_grid(what, model.cfg, n_rows, n_pos, per_position, device=model.device)
     budget = default_budget() if memory_budget is None else int(memory_budget)
     extra = patched_site_names(grid.patches)
     base_names = list(dict.fromkeys([*clean_hook_names(model, patterns=False), *extra]))
