@@ -20,8 +20,9 @@ from circuitry.ioi.language import TEMPLATE_SETS
 DEFAULTS = {
     "induction": {"steps": 1500, "out": "runs/attn-only", "layers": 2, "heads": 4, "d_model": 64,
                   "weight_decay": 0.3, "checkpoint_every": None},
-    "ioi": {"steps": 3000, "out": "runs/ioi-toy", "layers": 3, "heads": 4, "d_model": 64, "d_mlp": None,
-            "weight_decay": 0.1, "answer_weight": 5.0, "templates": "mixed", "checkpoint_every": None},
+    "ioi": {"steps": 3000, "out": "runs/ioi-toy", "layers": 4, "heads": 4, "d_model": 64, "d_mlp": None,
+            "weight_decay": 0.1, "lr": 3e-3, "lr_final": 0.1, "answer_weight": 20.0, "templates": "any-order",
+            "checkpoint_every": None},
 }
 ALWAYS = ("steps", "seed", "out")
 
@@ -42,12 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory, created with its parents if missing (default runs/attn-only; "
                         "ioi: runs/ioi-toy)")
-    p.add_argument("--layers", type=int, default=None, help="number of layers (default 2; ioi: 3)")
+    p.add_argument("--layers", type=int, default=None, help="number of layers (default 2; ioi: 4)")
     p.add_argument("--heads", type=int, default=None, help="heads per layer (default 4)")
     p.add_argument("--d-model", type=int, default=None, help="residual width (default 64)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="AdamW weight decay (default 0.3, which makes the K-composition of the induction "
                         "circuit clearer; ioi: 0.1)")
+    p.add_argument("--lr", type=float, default=None, help=f"ioi only: peak learning rate (default {ioi['lr']})")
+    p.add_argument("--lr-final", type=float, default=None,
+                   help=f"ioi only: the learning rate decays along a cosine to lr x this fraction at the last step "
+                        f"(default {ioi['lr_final']})")
     p.add_argument("--d-mlp", type=int, default=None, help="ioi only: MLP width (default: no MLPs)")
     p.add_argument("--answer-weight", type=float, default=None,
                    help=f"ioi only: loss weight of the answer against 1 for every other token "
@@ -97,8 +102,9 @@ def _run_ioi(o: dict, seed: int, on_step, command: str):
     from circuitry.ioi.run import train_ioi_run
 
     recipe = IOIRecipe(steps=o["steps"], seed=seed, n_layers=o["layers"], n_heads=o["heads"], d_model=o["d_model"],
-                       d_mlp=o["d_mlp"], weight_decay=o["weight_decay"], answer_weight=o["answer_weight"],
-                       templates=o["templates"], checkpoint_every=o["checkpoint_every"])
+                       d_mlp=o["d_mlp"], weight_decay=o["weight_decay"], lr=o["lr"], lr_final=o["lr_final"],
+                       answer_weight=o["answer_weight"], templates=o["templates"],
+                       checkpoint_every=o["checkpoint_every"])
     return recipe.steps, lambda: train_ioi_run(recipe, out=o["out"], on_step=on_step, command=command)
 
 

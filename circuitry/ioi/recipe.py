@@ -11,7 +11,7 @@ fixes the run.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable
@@ -32,18 +32,19 @@ class IOIRecipe:
 
     steps: int = 3000
     seed: int = 0
-    n_layers: int = 3
+    n_layers: int = 4
     n_heads: int = 4
     d_model: int = 64
     d_mlp: int | None = None
     normalization: str | None = "LN"
     batch: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
+    lr_final: float = 0.1  # the learning rate decays along a cosine to lr * lr_final at the last step
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.1
     max_prefix: int = 8
-    templates: str = "classic"
-    answer_weight: float = 1.0
+    templates: str = "any-order"
+    answer_weight: float = 20.0
     context_weight: float = 1.0
     checkpoint_every: int | None = None
 
@@ -60,6 +61,9 @@ class IOIRecipe:
         if not 0 < self.answer_weight < float("inf") or not 0 <= self.context_weight < float("inf"):
             raise UsageError(f"--answer-weight must be a finite number > 0, got {self.answer_weight} (and the "
                              f"context weight finite and >= 0, got {self.context_weight})")
+        if not 0 < self.lr < float("inf") or not 0 <= self.lr_final <= 1:
+            raise UsageError(f"the learning rate must be a finite number > 0 and its final fraction in 0..1, got "
+                             f"{self.lr} and {self.lr_final}")
         if self.d_mlp is not None and self.d_mlp < 1:
             raise UsageError(f"--d-mlp must be >= 1, got {self.d_mlp}")
         if not 0 <= self.max_prefix <= 64:
@@ -94,6 +98,7 @@ def train_ioi(recipe: IOIRecipe, on_step: Callable[[int, float], None] | None = 
     torch.manual_seed(recipe.seed)
     model = new_model(recipe)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine(i, recipe.steps, recipe.lr_final))
     rng = random.Random(recipe.seed + 1)
     n_ctx = model.cfg.n_ctx
     losses: list[float] = []
@@ -109,6 +114,7 @@ def train_ioi(recipe: IOIRecipe, on_step: Callable[[int, float], None] | None = 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
@@ -118,5 +124,6 @@ def train_ioi(recipe: IOIRecipe, on_step: Callable[[int, float], None] | None = 
     return model, losses, time.perf_counter() - start
 
 
-def recipe_dict(recipe: IOIRecipe) -> dict:
-    return dataclasses.asdict(recipe)
+def cosine(step: int, steps: int, final: float) -> float:
+    """The learning-rate factor at `step` (0-based): from 1 down to `final` along half a cosine."""
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
