@@ -40,6 +40,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -252,7 +253,9 @@ def runner(tmp_path_factory, pytestconfig):
 
 
 def write_data_files(directory: Path) -> None:
-    """Token files a `file` dataset may name: valid ones and broken ones."""
+    """Token files a `file` dataset may name: valid ones and broken ones; the shipped task files, which
+    specs name relative to themselves (tasks/ioi.yaml)."""
+    shutil.copytree(REPO / "specs" / "tasks", directory / "tasks")
     rows = [" ".join(str((7 * r + i) % 64) for i in range(12)) for r in range(4)]
     (directory / "tokens.txt").write_text("\n".join(rows) + "\n")
     (directory / "ragged.txt").write_text("1 2 3\n4 5\n")

@@ -29,7 +29,7 @@ SPECS = ROOT / "specs"
 INDUCTION = str(SPECS / "induction.yaml")
 WRONG = str(SPECS / "wrong-previous-token.yaml")
 # every spec in specs/ and the exit code `circuitry verify` must give on it (a new spec must be added here)
-EXPECTED_EXIT = {"induction.yaml": 0, "wrong-previous-token.yaml": 1, "induction-gpt2.yaml": 0}
+EXPECTED_EXIT = {"induction.yaml": 0, "wrong-previous-token.yaml": 1, "induction-gpt2.yaml": 0, "ioi-toy.yaml": 0}
 NEEDS_TRANSFORMERS = {"induction-gpt2.yaml"}  # a Hugging Face model, loaded through hf:
 CHECK_KEYS = {"id", "kind", "claim", "value", "expect", "passed", "details", "seconds"}
 KINDS = {"detector", "composition", "intervention", "faithfulness", "decomposition"}

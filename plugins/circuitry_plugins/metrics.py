@@ -40,7 +40,8 @@ def _read(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
 
 
 def _at(logits: torch.Tensor, batch, where: torch.Tensor) -> torch.Tensor:
-    """Logits at the read positions [n, vocab] (float32)."""
+    """Logits at the read positions [n, vocab] (float32), detached: a metric is a measured number."""
+    logits = logits.detach()
     if hasattr(batch, "answer"):
         rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
         return logits[rows, where].reshape(-1, logits.shape[-1]).float()
@@ -59,7 +60,8 @@ def loss(logits, batch, clean_logits=None) -> float:
 
 def loss_all(logits, batch, clean_logits=None) -> float:
     tokens = batch.tokens.to(logits.device)
-    return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)))
+    lg = logits.detach()[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return float(F.cross_entropy(lg, tokens[:, 1:].reshape(-1)))
 
 
 def correct_logit(logits, batch, clean_logits=None) -> float:

@@ -1,0 +1,64 @@
+"""docs/ioi-toy.md runs: every python block, in order, in one namespace; the commands it shows work and
+`circuitry patch` draws the layer x position and layer x head heatmaps of the IOI toy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitry.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "ioi-toy.md"
+
+
+def blocks(kind: str) -> list[str]:
+    return re.findall(rf"^```{kind}\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
+def test_the_tour_runs(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    namespace: dict = {"__name__": "ioi_tour"}
+    for i, block in enumerate(blocks("python")):
+        exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)  # noqa: S102 - the docs' own examples
+    out = capsys.readouterr().out
+    assert "prediction: Mary" in out and "L0H0 at S2" in out and "faithful" in out
+
+
+def test_the_commands_it_shows(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(REPO)
+    lines = [line for block in blocks("console") for line in block.splitlines()]
+    commands = [line.split() for line in lines if line.startswith("circuitry ")]
+    assert len(commands) == 2
+    for argv in commands:
+        argv = [str(tmp_path / a) if a.endswith(".html") else a for a in argv[1:]]
+        assert main(argv) == 0, argv
+    out = capsys.readouterr().out
+    assert "L0 H0 S2" in out  # the top head x position patch
+
+
+def test_patch_draws_both_kinds_of_heatmap(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(REPO)
+    html = tmp_path / "r.html"
+    assert main(["patch", "builtin:ioi-toy", "--task", "specs/tasks/ioi.yaml", "--html", str(html), "--json"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    grids = {g["what"]: g for g in doc["results"]}
+    assert grids["resid_pre"]["dims"] == ["layer", "pos"] and grids["heads"]["dims"] == ["layer", "head"]
+    page = html.read_text()
+    for what in ("resid_pre", "attn_out", "heads"):  # one heatmap (a table of coloured cells) per grid
+        assert f'data-grid="patch-{what}"' in page
+    assert page.count("<figure") == 3 and page.count("<table") == 3
+    assert grids["resid_pre"]["labels"][1][10] == "S2" and grids["resid_pre"]["labels"][1][-1] == "END"
