@@ -122,7 +122,7 @@ def _task_batch(spec: CircuitSpec, model: HookedTransformer) -> TokenBatch:
         require(2 * run_bytes(model.cfg, b, p), f"the clean and corrupted runs of task {spec.task.name} on {b} x {p} "
                                                 f"tokens")
     except UsageError as exc:
-        raise spec.error(("task",), str(exc)) from None
+        raise spec.error(spec.task_key, str(exc)) from None
     return batch
 
 

@@ -266,3 +266,33 @@ def test_a_spec_gives_a_task_or_data_not_both(tmp_path, capsys):
     spec.write_text(_spec_using(REPO / "specs/tasks/induction.yaml") + "data: {name: repeated}\n")
     assert main(["verify", str(spec)]) == 2
     assert "a spec with a task takes its data from the task" in capsys.readouterr().err
+
+
+def test_a_task_file_as_the_specs_data(tmp_path, capsys):
+    """`data: {task: FILE}` is the same as `task: FILE`: the same prompts, the same values."""
+    task = REPO / "specs/tasks/induction.yaml"
+    as_task, as_data = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    as_task.write_text(_spec_using(task))
+    as_data.write_text(_spec_using(task).replace(f"task: {task}", f"data: {{task: {task}}}"))
+    docs = []
+    for spec in (as_task, as_data):
+        assert main(["verify", str(spec), "--json"]) == 0
+        docs.append(json.loads(capsys.readouterr().out))
+    assert docs[0]["data"] == docs[1]["data"] and docs[0]["data"].startswith("task induction-contrastive")
+    assert docs[0]["checks"][0]["value"] == docs[1]["checks"][0]["value"] > 3
+
+
+@pytest.mark.parametrize("data, line, col, fragment", [
+    ("data: {task: nope.yaml}", 5, 14, "data.task: no such task file"),
+    ("data: {task: TASK, seed: 3}", 5, 20, "data.seed: data with a task takes its prompts from the task: remove seed"),
+    ("data: {task: TASK}\nreference_data: {seed: 2}", 6, 1, "reference_data: a spec with a task takes its data"),
+])
+def test_a_task_as_data_is_checked(tmp_path, capsys, data, line, col, fragment):
+    spec = tmp_path / "spec.yaml"
+    task = REPO / "specs/tasks/induction.yaml"
+    text = _spec_using(task).replace(f"task: {task}", data.replace("TASK", str(task)))
+    spec.write_text(text)
+    assert main(["verify", str(spec)]) == 2
+    err = capsys.readouterr().err
+    col = col + (len(str(task)) - 4 if "TASK" in data and col > 14 else 0)
+    assert f"error: {spec}:{line}:{col}: {fragment}" in err, err

@@ -166,7 +166,8 @@ def spec_schema(manager: Any = None) -> Obj:
                            doc="a model reference: builtin:NAME, a path, hf:PATH or tl:PATH (paths relative to "
                                "the spec's directory, then to the working directory), hf:NAME ..."),
                        required=True),
-        "data": Field(DATA, doc="the data of the clean run (default: repeated)"),
+        "data": Field(DATA, doc="the data of the clean run (default: repeated); {task: FILE} names a task file, "
+                                "as `task:` does"),
         "task": Field(AnyOf((Str(pattern=r"\S.*", pattern_doc="the path of a task file"), _inline_task_schema())),
                       doc="a contrastive task instead of data: the path of a task file (relative to the spec) or "
                           "the task written here; its clean prompts are the data, its corrupted prompts the "
@@ -226,6 +227,11 @@ class CircuitSpec:
     task: Any = None  # a circuitry.tasks.format.TaskFile when the spec checks a contrastive task
 
     @property
+    def task_key(self) -> tuple:
+        """The key path that names the spec's task: ("task",) or ("data", "task")."""
+        return _task_key(self.document.data if isinstance(self.document.data, dict) else {}) or ("task",)
+
+    @property
     def file(self) -> str:
         return self.document.file
 
@@ -279,26 +285,43 @@ def _inline_task_schema() -> Any:
     return INLINE_SCHEMA
 
 
+def _task_key(data: dict) -> tuple | None:
+    """Where the spec names its task: `task:` or `data: {task: FILE}`; None without one."""
+    if "task" in data:
+        return ("task",)
+    raw = data.get("data")
+    return ("data", "task") if isinstance(raw, dict) and "task" in raw else None
+
+
 def _task(doc: Document, found: _Problems, data: dict) -> Any:
     """The spec's task (a TaskFile), loaded from its file or read inline; None without one."""
-    if "task" not in data or not found.clean(("task",)):
+    key_path = _task_key(data)
+    if key_path is None or not found.clean(key_path):
         return None
+    if key_path == ("data", "task"):
+        others = [k for k in data["data"] if k != "task"]
+        if "task" in data:
+            found.add(doc.error(key_path, "the task is named twice (task: and data.task): keep one", at_key=True))
+        for k in others:
+            found.add(doc.error(("data", k), f"data with a task takes its prompts from the task: remove {k}",
+                                at_key=True))
     for key in ("data", "reference_data"):
-        if key in data:
+        if key in data and key_path[0] != key:
             found.add(doc.error((key,), f"a spec with a task takes its data from the task (clean prompts) and its "
                                         f"reference from the task (corrupted prompts): remove {key}", at_key=True))
     from circuitry.tasks.format import inline_task, load_task
 
-    if isinstance(data["task"], dict):
-        task, errors = inline_task(doc, ("task",))
+    value = data["task"] if key_path == ("task",) else data["data"]["task"]
+    if isinstance(value, dict):
+        task, errors = inline_task(doc, key_path)
         for e in errors:
             found.add(e)
         return task
     try:
-        return load_task(relative_to(doc.file, data["task"]))
+        return load_task(relative_to(doc.file, value))
     except SpecError as exc:
         if exc.mark is None:  # the file itself is missing or unreadable: say so at the spec's line
-            found.add(doc.error(("task",), exc.message))
+            found.add(doc.error(key_path, exc.message))
         else:
             for e in getattr(exc, "errors", [exc]):
                 found.add(e)
@@ -351,7 +374,7 @@ def _checks(doc: Document, found: _Problems, data: dict, manager: Any) -> list[C
 def _data(doc: Document, found: _Problems, data: dict, manager: Any) -> tuple[dict, dict]:
     """(data, reference data) with defaults filled in and parameters checked."""
     raw = data.get("data", {"name": "repeated"})
-    if not found.clean(("data",)) or not isinstance(raw, dict):
+    if not found.clean(("data",)) or not isinstance(raw, dict) or _task_key(data) is not None:
         return {}, {}
     data_spec = dict(raw)
     data_spec.setdefault("name", "text" if "text" in data_spec else "repeated")
