@@ -62,3 +62,20 @@ def test_patch_draws_both_kinds_of_heatmap(monkeypatch, tmp_path, capsys):
         assert f'data-grid="patch-{what}"' in page
     assert page.count("<figure") == 3 and page.count("<table") == 3
     assert grids["resid_pre"]["labels"][1][10] == "S2" and grids["resid_pre"]["labels"][1][-1] == "END"
+
+
+@pytest.mark.slow
+def test_discover_finds_the_heads_the_spec_names(monkeypatch, tmp_path, capsys):
+    """`circuitry discover` on the IOI task keeps the duplicate-token head and both suppression heads, and
+    the spec it writes verifies."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "found.yaml"
+    assert main(["discover", "builtin:ioi-toy", "--task", "specs/tasks/ioi.yaml", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    from circuitry.spec.format import load_spec
+
+    found = load_spec(out)
+    assert {"L0H0", "L3H1", "L3H3"} <= set(found.nodes)
+    shipped = load_spec(REPO / "specs" / "ioi-toy.yaml")
+    assert set(found.nodes) == set(shipped.nodes)  # the spec declares the heads discover keeps
+    assert main(["verify", str(out)]) == 0
