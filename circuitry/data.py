@@ -7,8 +7,9 @@ context (the repeated part), for metrics such as the loss on repeats.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -41,6 +42,20 @@ class TokenBatch:
     def to(self, device: str | torch.device) -> "TokenBatch":
         return TokenBatch(self.tokens.to(device), self.predictable.to(device), self.fresh.to(device),
                           self.repeat_len, self.description, self.warnings)
+
+    def select(self, rows: slice) -> "TokenBatch":
+        """The same batch restricted to some rows (every per-row tensor, and per-row mappings of them)."""
+        b = self.tokens.shape[0]
+
+        def take(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == b:
+                return value[rows]
+            if isinstance(value, Mapping):
+                return {k: take(v) for k, v in value.items()}
+            return value
+
+        return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), (torch.Tensor, Mapping))})
 
 
 def _masks(batch: int, n: int, start: int, period: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -274,6 +274,7 @@ HEAD_SITES = {  # kind -> hook name; the head's slice of it
     "v_input": "blocks.{l}.attn.hook_v_input",
     "pattern": "blocks.{l}.attn.hook_pattern",  # [batch, head, q, k]
 }
+STREAM_SITES = {EMBED: "hook_embed", POS_EMBED: "hook_pos_embed"}  # what an embedding sender writes (internal)
 SITE_DOC = ("an activation: L{l}.resid_pre / resid_mid / resid_post / attn_out / mlp_out, a head L{l}H{h} (its "
             "output) or L{l}H{h}.q / k / v / q_input / k_input / v_input / pattern, an MLP M{l} (its output)")
 
@@ -288,6 +289,8 @@ class Site:
 
     @property
     def name(self) -> str:
+        if self.kind in STREAM_SITES:
+            return self.kind
         if self.head is None:
             return mlp_name(self.layer) if self.kind == "mlp_out" else f"L{self.layer}.{self.kind}"
         base = head_name(self.layer, self.head)
@@ -295,6 +298,8 @@ class Site:
 
     @property
     def hook(self) -> str:
+        if self.kind in STREAM_SITES:
+            return STREAM_SITES[self.kind]
         table = HEAD_SITES if self.head is not None else LAYER_SITES
         return table[self.kind].format(l=self.layer)
 

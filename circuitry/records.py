@@ -125,12 +125,15 @@ class Intervention:
 @dataclass(frozen=True)
 class Metric:
     """A number from a run: compute(logits [batch, pos, vocab], batch, clean_logits) -> float
-    (a real number or a 0-dim tensor)."""
+    (a real number or a 0-dim tensor). tensor: the same number as a 0-dim tensor that keeps the
+    autograd graph (same arguments), for metrics that attribution can differentiate; None for
+    metrics that are not differentiable (accuracy, rank)."""
 
     name: str
     description: str
     compute: Callable[..., float]
     lower_is_better: bool = True
+    tensor: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

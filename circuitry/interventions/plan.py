@@ -223,7 +223,7 @@ class Context:
             if isinstance(part, EdgePatch):
                 edge = part.edge.check(self.cfg)
                 site = node_site(edge.sender)
-                stage = 2 * self.cfg.n_layers if edge.kind == "direct" else 2 * edge.receiver.layer  # type: ignore[union-attr]
+                stage = self._edge_stage(edge)
             else:
                 if isinstance(part, Ablation):
                     part.node.check(self.cfg)
@@ -240,6 +240,14 @@ class Context:
                 unchanged = torch.equal(new, clean) if mask is None else torch.equal(new[mask], clean[mask])
             self._checked[part] = (stage, unchanged)
         return self._checked[part]
+
+    def _edge_stage(self, edge) -> int:
+        """The stage where an edge's receiver reads: its layer's input (Q/K/V; a parallel MLP), its MLP's input
+        (a sequential MLP), the final residual (direct)."""
+        cfg = self.cfg
+        if edge.kind == "direct":
+            return 2 * cfg.n_layers
+        return 2 * edge.receiver.layer + (1 if edge.kind == "mlp_in" and not cfg.parallel_attn_mlp else 0)
 
     def stage(self, part: Part) -> int:
         """The earliest stage the part changes (validating it first)."""
@@ -294,6 +302,9 @@ class Context:
             return Action(2 * L, add, 0, [(f"blocks.{L - 1}.hook_resid_post", add)])
         recv = edge.receiver
         assert recv is not None
+        if edge.kind == "mlp_in":  # the MLP's own copy of its input [batch, pos, d_model]
+            return Action(self._edge_stage(edge), None, 0, [], [(f"blocks.{recv.layer}.hook_mlp_in",
+                                                                 _adder(delta, where))])
         name = f"blocks.{recv.layer}.attn.hook_{edge.kind.lower()}_input"  # [batch, pos, head, d_model]
         add_head = _adder(delta, where)
 

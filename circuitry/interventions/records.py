@@ -32,7 +32,7 @@ import torch
 
 from circuitry.errors import UsageError
 from circuitry.interventions.positions import AtKey, at_key, at_label, check_at
-from circuitry.interventions.targets import Edge, Node
+from circuitry.interventions.targets import Edge, Node, Stream
 from circuitry.model.hooks import ActivationCache
 from circuitry.names import Site, parse_site
 
@@ -44,8 +44,11 @@ def _check_method(method: str) -> None:
         raise UsageError(f"replacement method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
-def node_site(node: Node) -> Site:
-    """The activation a node ablation replaces: a head's z, an MLP's output."""
+def node_site(node) -> Site:
+    """The activation a node ablation replaces (what a sender writes): a head's z, an MLP's output, an
+    embedding."""
+    if isinstance(node, Stream):
+        return Site(node.name, 0)
     return Site("z", node.layer, node.head) if node.is_head else Site("mlp_out", node.layer)
 
 
@@ -257,8 +260,10 @@ def read_sites(items: Iterable[Intervention]) -> list[Site]:
 def patched_site_names(items: Iterable[Intervention]) -> list[str]:
     """Hook points of the sites `Patch` parts replace: what a clean run caches beyond `clean_hook_names` for them
     (an attention output's clean value gives its change; the others let unchanged patches be recognised, and
-    mean and resample without a reference read them)."""
+    mean and resample without a reference read them), and the embeddings edge patches send from."""
     names = [p.site.hook for it in items for p in parts_of(it) if isinstance(p, Patch)]
+    names += [node_site(p.edge.sender).hook for it in items for p in parts_of(it)
+              if isinstance(p, EdgePatch) and isinstance(p.edge.sender, Stream)]  # an embedding's clean value
     return list(dict.fromkeys(names))
 
 

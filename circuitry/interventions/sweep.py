@@ -46,7 +46,7 @@ def _needs_patterns(items: Iterable[Intervention]) -> bool:
 
 def _needs_head_inputs(items: Iterable[Intervention]) -> bool:
     """Whether a run materialises per-head Q/K/V inputs [batch, pos, head, d_model] (edge or input patches)."""
-    return any((isinstance(p, EdgePatch) and p.edge.kind != "direct")
+    return any((isinstance(p, EdgePatch) and p.edge.kind in ("Q", "K", "V"))
                or (isinstance(p, Patch) and p.site.kind.endswith("_input"))
                for it in items for p in parts_of(it))
 
@@ -119,7 +119,7 @@ def _run_from_stage(model, tokens: torch.Tensor, resid: torch.Tensor, stage: int
     if mid:  # resume block `layer` at its MLP (sequential MLP models), as Block.forward does
         block = model.blocks[layer]
         resid = block.hook_resid_mid(resid)
-        mlp_out = block.hook_mlp_out(block.mlp(block.ln2(resid)))
+        mlp_out = block.hook_mlp_out(block.mlp(block.ln2(block.mlp_input(resid))))
         resid = block.hook_resid_post(resid + mlp_out)
         layer += 1
         if layer == L:

@@ -202,7 +202,7 @@ class Block(nn.Module):
         if not cfg.attn_only:
             self.ln2 = Norm(cfg.normalization, cfg.d_model, cfg.norm_eps)
             self.mlp = MLP(cfg)
-            self.hook_mlp_out = HookPoint()
+            self.hook_mlp_in, self.hook_mlp_out = HookPoint(), HookPoint()  # [batch, pos, d_model]: before ln2
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()
 
@@ -212,11 +212,16 @@ class Block(nn.Module):
         if self.cfg.attn_only:
             return self.hook_resid_post(resid + attn_out)
         if self.cfg.parallel_attn_mlp:
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
+            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.mlp_input(resid))))
             return self.hook_resid_post(resid + attn_out + mlp_out)
         mid = self.hook_resid_mid(resid + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mid)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.mlp_input(mid))))
         return self.hook_resid_post(mid + mlp_out)
+
+    def mlp_input(self, resid: torch.Tensor) -> torch.Tensor:
+        """The MLP's own copy of its input through `hook_mlp_in` (a copy only when hooked, so that what a hook
+        changes, and the gradient it sees, is the MLP's alone, not the residual stream's)."""
+        return self.hook_mlp_in(resid.clone()) if self.hook_mlp_in.active else resid
 
 
 def init_normal_(params: dict[str, torch.Tensor], cfg: ModelConfig, generator: torch.Generator) -> None:

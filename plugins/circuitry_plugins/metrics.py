@@ -40,8 +40,7 @@ def _read(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
 
 
 def _at(logits: torch.Tensor, batch, where: torch.Tensor) -> torch.Tensor:
-    """Logits at the read positions [n, vocab] (float32), detached: a metric is a measured number."""
-    logits = logits.detach()
+    """Logits at the read positions [n, vocab] (float32)."""
     if hasattr(batch, "answer"):
         rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
         return logits[rows, where].reshape(-1, logits.shape[-1]).float()
@@ -53,68 +52,82 @@ def _targets(logits: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor, t
     return _at(logits, batch, where), answer, wrong
 
 
-def loss(logits, batch, clean_logits=None) -> float:
+# Each differentiable metric is one function returning a 0-dim tensor (which attribution differentiates);
+# `compute`, what runs and checks read, is its value as a float (`_value`).
+def loss_t(logits, batch, clean_logits=None) -> torch.Tensor:
     lg, answer, _ = _targets(logits, batch)
-    return float(F.cross_entropy(lg, answer))
+    return F.cross_entropy(lg, answer)
 
 
-def loss_all(logits, batch, clean_logits=None) -> float:
+def loss_all_t(logits, batch, clean_logits=None) -> torch.Tensor:
     tokens = batch.tokens.to(logits.device)
-    lg = logits.detach()[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return float(F.cross_entropy(lg, tokens[:, 1:].reshape(-1)))
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
 
 
-def correct_logit(logits, batch, clean_logits=None) -> float:
+def correct_logit_t(logits, batch, clean_logits=None) -> torch.Tensor:
     lg, answer, _ = _targets(logits, batch)
-    return float(lg.gather(-1, answer[:, None]).mean())
+    return lg.gather(-1, answer[:, None]).mean()
 
 
-def logit_diff(logits, batch, clean_logits=None) -> float:
+def logit_diff_t(logits, batch, clean_logits=None) -> torch.Tensor:
     lg, answer, wrong = _targets(logits, batch)
     correct = lg.gather(-1, answer[:, None])[:, 0]
     if wrong is not None:
-        return float((correct - lg.gather(-1, wrong).mean(-1)).mean())
+        return (correct - lg.gather(-1, wrong).mean(-1)).mean()
     others = lg.scatter(-1, answer[:, None], float("-inf")).max(-1).values
-    return float((correct - others).mean())
+    return (correct - others).mean()
 
 
-def prob(logits, batch, clean_logits=None) -> float:
+def prob_t(logits, batch, clean_logits=None) -> torch.Tensor:
     lg, answer, _ = _targets(logits, batch)
-    return float(torch.softmax(lg, -1).gather(-1, answer[:, None]).mean())
+    return torch.softmax(lg, -1).gather(-1, answer[:, None]).mean()
+
+
+def kl_t(logits, batch, clean_logits=None) -> torch.Tensor:
+    if clean_logits is None:
+        raise UsageError("the kl metric needs the clean run's logits")
+    lg, _, _ = _targets(logits, batch)
+    clean, _, _ = _targets(clean_logits.detach(), batch)
+    return F.kl_div(F.log_softmax(lg, -1), F.log_softmax(clean, -1), log_target=True, reduction="batchmean")
+
+
+def _value(fn):
+    """The float value of a tensor metric (detached: a measured number)."""
+    def compute(logits, batch, clean_logits=None) -> float:
+        return float(fn(logits.detach(), batch, None if clean_logits is None else clean_logits.detach()))
+    compute.__name__ = fn.__name__.removesuffix("_t")
+    return compute
+
+
+loss, loss_all, correct_logit, logit_diff, prob, kl = map(_value, (loss_t, loss_all_t, correct_logit_t,
+                                                                   logit_diff_t, prob_t, kl_t))
 
 
 def rank(logits, batch, clean_logits=None) -> float:
-    lg, answer, _ = _targets(logits, batch)
+    lg, answer, _ = _targets(logits.detach(), batch)
     mine = lg.gather(-1, answer[:, None])
     return float(((lg > mine).sum(-1) + 1).float().mean())
 
 
 def accuracy(logits, batch, clean_logits=None) -> float:
-    lg, answer, _ = _targets(logits, batch)
+    lg, answer, _ = _targets(logits.detach(), batch)
     return float((lg.argmax(-1) == answer).float().mean())
-
-
-def kl(logits, batch, clean_logits=None) -> float:
-    if clean_logits is None:
-        raise UsageError("the kl metric needs the clean run's logits")
-    lg, _, _ = _targets(logits, batch)
-    clean, _, _ = _targets(clean_logits, batch)
-    return float(F.kl_div(F.log_softmax(lg, -1), F.log_softmax(clean, -1), log_target=True, reduction="batchmean"))
 
 
 @hookimpl
 def circuitry_metrics():
     return [
         Metric("loss", "cross-entropy of the answer (task) or of the next token on predictable positions, nats",
-               loss),
-        Metric("loss_all", "next-token loss on every position, nats", loss_all),
+               loss, tensor=loss_t),
+        Metric("loss_all", "next-token loss on every position, nats", loss_all, tensor=loss_all_t),
         Metric("correct_logit", "logit of the answer (task) or of the correct next token", correct_logit,
-               lower_is_better=False),
+               lower_is_better=False, tensor=correct_logit_t),
         Metric("logit_diff", "answer minus the mean wrong answer (task); correct token minus the best other "
-                             "(token data)", logit_diff, lower_is_better=False),
-        Metric("prob", "probability of the answer (task) or of the correct next token", prob, lower_is_better=False),
+                             "(token data)", logit_diff, lower_is_better=False, tensor=logit_diff_t),
+        Metric("prob", "probability of the answer (task) or of the correct next token", prob, lower_is_better=False,
+               tensor=prob_t),
         Metric("rank", "rank of the answer among all tokens (1: top prediction)", rank),
         Metric("accuracy", "fraction of read positions where the answer is the top prediction", accuracy,
                lower_is_better=False),
-        Metric("kl", "KL(clean || run) of the next-token distributions at the read positions", kl),
+        Metric("kl", "KL(clean || run) of the next-token distributions at the read positions", kl, tensor=kl_t),
     ]

@@ -1,0 +1,64 @@
+"""Exact attribution: every edge (or node) patched from the corrupted run on its own, through the sweep engine.
+
+score = sign * (M(clean) - M(clean with the edge patched)), sign = +1 when higher is better: the same
+convention as the gradient methods, which approximate it. An edge patch replaces the sender's output
+only along that edge (`circuitry.interventions.EdgePatch`, method `corrupted`); a node patch replaces a
+head's or MLP's output in every path (`Ablation`, method `corrupted`), and the embeddings' node is the
+run with the corrupted token embeddings (positions are the same in both runs, so `pos_embed` is 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from circuitry.attribution.layout import Layout
+from circuitry.interventions import (
+    Ablation,
+    EdgePatch,
+    Node,
+    clean_run,
+    patched_site_names,
+    reference_run,
+    run_interventions,
+)
+from circuitry.interventions import Edge as IEdge
+from circuitry.interventions.targets import sender_of
+from circuitry.names import EMBED, POS_EMBED
+
+
+def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory_budget: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, int]:
+    """(scores, forward passes): [n_edges] in `Layout.edges` order (level "edges") or [n_senders] in
+    `Layout.senders` order (level "nodes"). metric(logits, batch, clean_logits) -> float."""
+    layout = Layout.of(model.cfg)
+    tokens, corrupted = model.check_tokens(batch.tokens), model.check_tokens(batch.corrupted)
+    if level == "edges":
+        items: list = [EdgePatch(IEdge(sender_of(e.sender), None if e.kind == "direct" else Node.parse(e.receiver),
+                                       e.kind), "corrupted") for e in layout.edges]
+        names = list(range(len(items)))
+    else:
+        names = [i for i, n in enumerate(layout.senders) if n not in (EMBED, POS_EMBED)]
+        items = [Ablation(Node.parse(layout.senders[i]), "corrupted") for i in names]
+    clean = clean_run(model, tokens, patterns=False, extra=patched_site_names(items))
+    base = float(metric(clean.logits, batch, clean.logits))
+
+    def value(logits, _tokens):
+        return float(metric(logits, batch, clean.logits))
+
+    reference = reference_run(model, corrupted, items)
+    res = run_interventions(model, clean, items, value, reference=reference, memory_budget=memory_budget,
+                            progress=progress)
+    size = len(layout.edges) if level == "edges" else len(layout.senders)
+    out = torch.zeros(size, dtype=torch.float64)
+    for i, v in zip(names, res.values):
+        out[i] = sign * (base - float(v))
+    passes = 1 + 1 + res.n_passes
+    if level == "nodes":  # the embeddings: the clean run with the corrupted token embeddings
+        with torch.inference_mode():
+            e_corr = model.embed.W_E[corrupted]
+            logits = model.run_with_hooks(tokens, [("hook_embed", lambda x, hook: e_corr)])
+        out[layout.index[EMBED]] = sign * (base - value(logits, None))
+        passes += 1
+    return out, passes

@@ -1,0 +1,256 @@
+"""EAP and EAP-IG: a score for every edge of the residual graph from gradients at the receivers' inputs.
+
+For an edge s -> r (sender s, receiver input r) the score is
+
+    score(s -> r) = sign * sum over prompts and positions of (a_s - a'_s) . g_r
+
+with a_s the sender's output [d_model] on the clean prompts, a'_s on the
+corrupted prompts, g_r the gradient of the metric at r's input (a head's
+query/key/value input before its normalisation, an MLP's input, the final
+residual for the logits), and sign = +1 for a metric where higher is better
+(-1 where lower is better), so that a positive score means the edge helps:
+patching it from the corrupted run is predicted to cost the metric that much.
+
+- `eap` (Syed et al., 2023): g_r on the clean run. One clean pass with
+  gradients, one corrupted pass, one backward pass.
+- `eap-ig` (Hanna et al., 2024): g_r averaged over N runs whose input
+  embeddings are e' + (k / N) (e - e'), k = 1..N (e clean, e' corrupted
+  token embeddings; positions are the same in both). N forward-backward
+  passes.
+- `eap-ig-act` (the mask-gradient integrated gradients of auto-circuit): in
+  run k every receiver input is (1 - alpha) x + alpha x' (x its input in this
+  run, x' in the corrupted run), alpha = (k - 1) / N, k = 1..N, and the
+  score is sign * (a_s - a'_s) . g_r with a_s the sender's output in that
+  run, averaged. alpha = 0 is EAP; the interpolation moves every edge at once
+  towards its corrupted value, the inputs interpolation moves the prompt.
+
+Memory: the sender outputs [batch, pos, sender, d_model] (one tensor, a view
+per receiver) and one receiver's gradient at a time (scored in its backward
+hook, then dropped): O(n_senders x batch x pos x d_model), never
+[n_edges, ...]. Rows are chunked to fit the memory budget; each chunk's
+gradient is weighted by its share of the rows (metrics are means over rows).
+A node's score is the sum of its outgoing edges' scores: the gradient at a
+sender's output is the sum of the gradients at the inputs that read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from circuitry.attribution.layout import Layout
+from circuitry.budget import format_bytes, memory_budget, require
+from circuitry.errors import UsageError
+
+GRADIENT_METHODS = ("eap", "eap-ig", "eap-ig-act")
+
+
+@dataclass(frozen=True)
+class GradientScores:
+    """edges [n_edges] (Layout.edges order), node_positions [n_senders, pos] (summed over prompts)."""
+
+    edges: torch.Tensor
+    node_positions: torch.Tensor
+    n_passes: int
+    chunk: int
+
+
+def row_bytes(cfg, layout: Layout, pos: int) -> int:
+    """Bytes one prompt row needs in a forward-backward pass with per-head inputs and the sender outputs."""
+    d, H, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+    per_layer = (9 * pos * H * d + 6 * H * pos * pos + 4 * pos * H * cfg.d_head + 8 * pos * d
+                 + 4 * pos * (cfg.d_mlp or 0))
+    senders = 3 * pos * len(layout.senders) * d  # clean, corrupted and their difference
+    return 4 * (L * per_layer + senders + 4 * pos * cfg.d_vocab)
+
+
+def chunk_rows(cfg, layout: Layout, batch: int, pos: int, budget: int | None) -> int:
+    """Rows per forward-backward pass that fit the budget; a UsageError when one row does not."""
+    one = row_bytes(cfg, layout, pos)
+    limit = budget if budget is not None else memory_budget()
+    require(one, f"attribution of one {pos}-token prompt (activations with gradients and every sender's "
+                 f"output, {format_bytes(one)})", limit)
+    return max(1, min(batch, limit // one))
+
+
+def sender_outputs(model, tokens: torch.Tensor, layout: Layout, embed: torch.Tensor | None = None,
+                   extra: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Every sender's output [batch, pos, sender, d_model] on `tokens` (no gradients)."""
+    b, p = tokens.shape
+    out = torch.zeros(b, p, len(layout.senders), model.cfg.d_model, device=model.device)
+    with torch.no_grad(), model.hooks(_capture_hooks(model, layout, out, embed)):
+        logits = model(tokens)
+    if extra is not None:
+        extra(logits)
+    return out
+
+
+def _capture_hooks(model, layout: Layout, out: torch.Tensor, embed: torch.Tensor | None = None) -> list:
+    """Hooks that write every sender's output into out [batch, pos, sender, d_model] (detached)."""
+    cfg = model.cfg
+
+    def put(i: int):
+        def hook(x, hook):
+            out[:, :, i] = x.detach()
+            return x
+        return hook
+
+    def heads(layer: int):
+        first = layout.first_head(layer)
+
+        def hook(z, hook):  # z [batch, pos, head, d_head] -> each head's output
+            out[:, :, first:first + cfg.n_heads] = torch.einsum("bphe,hed->bphd", z.detach(), model.W_O[layer])
+            return z
+        return hook
+
+    hooks = [("hook_embed", put(layout.index["embed"]))]
+    if layout.learned_positions:
+        hooks.append(("hook_pos_embed", put(layout.index["pos_embed"])))
+    for layer in range(cfg.n_layers):
+        hooks.append((f"blocks.{layer}.attn.hook_z", heads(layer)))
+        if not cfg.attn_only:
+            hooks.append((f"blocks.{layer}.hook_mlp_out", put(layout.index[f"M{layer}"])))
+    return hooks
+
+
+def receiver_hook_names(cfg, layout: Layout) -> list[tuple[str, int]]:
+    """(hook name, receiver index of its first receiver) of every receiver input hook."""
+    out = []
+    for i, r in enumerate(layout.receivers):
+        if r.kind in ("Q", "K", "V") and r.head == 0:
+            out.append((f"blocks.{r.layer}.attn.hook_{r.kind.lower()}_input", i))
+        elif r.kind == "mlp_in":
+            out.append((f"blocks.{r.layer}.hook_mlp_in", i))
+        elif r.kind == "direct":
+            out.append((f"blocks.{cfg.n_layers - 1}.hook_resid_post", i))
+    return out
+
+
+class _Scorer:
+    """Accumulates edge and per-position node scores from the receivers' gradients during backward."""
+
+    def __init__(self, layout: Layout, n_pos: int, device) -> None:
+        self.layout = layout
+        self.edges = torch.zeros(len(layout.edges), dtype=torch.float64, device=device)
+        self.nodes = torch.zeros(len(layout.senders), n_pos, dtype=torch.float64, device=device)
+        self.delta: torch.Tensor | None = None  # [batch, pos, sender, d_model]
+        self.weight = 1.0
+
+    def grad_hook(self, first: int, per_head: bool) -> Callable[[torch.Tensor], None]:
+        """The backward hook of one receiver input tensor (all heads of a layer for Q/K/V)."""
+        layout = self.layout
+
+        def on_grad(g: torch.Tensor) -> None:
+            assert self.delta is not None
+            with torch.no_grad():
+                r = layout.receivers[first]
+                up = self.delta[:, :, : r.n_up]  # [batch, pos, n_up, d_model]
+                if per_head:  # g [batch, pos, head, d_model]: receivers first, first + 3, ... (Q/K/V interleaved)
+                    s = torch.einsum("bpsd,bphd->hs", up, g.to(up.dtype)).double() * self.weight
+                    n = layout.n_heads
+                    for h in range(n):
+                        at = layout.offsets[first + 3 * h]
+                        self.edges[at:at + r.n_up] += s[h]
+                    self.nodes[: r.n_up] += torch.einsum("bpsd,bphd->sp", up, g.to(up.dtype)).double() * self.weight
+                else:  # g [batch, pos, d_model]
+                    at = layout.offsets[first]
+                    self.edges[at:at + r.n_up] += torch.einsum("bpsd,bpd->s", up, g.to(up.dtype)).double() * self.weight
+                    self.nodes[: r.n_up] += torch.einsum("bpsd,bpd->sp", up, g.to(up.dtype)).double() * self.weight
+        return on_grad
+
+
+def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: int, sign: float,
+                    memory_budget: int | None = None, progress: Callable[[int, int], None] | None = None
+                    ) -> GradientScores:
+    """Edge scores of `method` (GRADIENT_METHODS) for the metric `metric_tensor(logits, batch, clean_logits)`
+    (a differentiable 0-dim tensor) on a task batch (clean `tokens`, `corrupted`)."""
+    if method not in GRADIENT_METHODS:
+        raise UsageError(f"unknown gradient method {method!r}; valid: {', '.join(GRADIENT_METHODS)}")
+    if method != "eap" and (not isinstance(steps, int) or steps < 1):
+        raise UsageError(f"--steps must be a positive integer, got {steps!r}")
+    cfg = model.cfg
+    layout = Layout.of(cfg)
+    b, p = batch.tokens.shape
+    chunk = chunk_rows(cfg, layout, b, p, memory_budget)
+    scorer = _Scorer(layout, p, model.device)
+    n_runs = 1 if method == "eap" else steps
+    total = -(-b // chunk) * n_runs
+    done = passes = 0
+    for start in range(0, b, chunk):
+        part = batch.select(slice(start, start + chunk))
+        scorer.weight = sign * part.tokens.shape[0] / b / n_runs  # chunks and runs: a mean over both
+        passes += _chunk(model, part, metric_tensor, method, n_runs, layout, scorer)
+        done += n_runs
+        if progress is not None:
+            progress(done, total)
+    return GradientScores(scorer.edges.cpu(), scorer.nodes.cpu(), passes, chunk)
+
+
+def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layout: Layout,
+           scorer: _Scorer) -> int:
+    """Score one chunk of rows; the number of forward passes run."""
+    cfg = model.cfg
+    clean_tokens, corrupted_tokens = model.check_tokens(part.tokens), model.check_tokens(part.corrupted)
+    stash: dict[str, torch.Tensor] = {}
+    clean = sender_outputs(model, clean_tokens, layout, extra=lambda lg: stash.__setitem__("logits", lg))
+    corrupted_inputs: dict[str, torch.Tensor] = {}
+    names = [n for n, _ in receiver_hook_names(cfg, layout)]
+
+    def keep_inputs(x, hook):
+        x0 = x[:, :, 0] if x.ndim == 4 else x  # a per-head input is the residual stream, expanded
+        corrupted_inputs[hook.name] = x0.detach()
+        return x
+    corrupted = torch.zeros_like(clean)
+    with torch.no_grad(), model.hooks([*_capture_hooks(model, layout, corrupted),
+                                       *((n, keep_inputs) for n in names if method == "eap-ig-act")]):
+        model(corrupted_tokens)
+    clean_logits = stash["logits"]
+    e_clean, e_corr = clean[:, :, 0].clone(), corrupted[:, :, 0].clone()  # token embeddings (sender 0)
+    passes = 2
+    for k in range(1, n_runs + 1):
+        hooks: list = []
+        if method == "eap-ig":
+            alpha = k / n_runs
+            leaf = (e_corr + alpha * (e_clean - e_corr)).requires_grad_(True)
+        else:
+            alpha = (k - 1) / n_runs if method == "eap-ig-act" else 0.0
+            leaf = e_clean.clone().requires_grad_(True)
+        hooks.append(("hook_embed", lambda x, hook, leaf=leaf: leaf))
+        if method == "eap-ig-act" and alpha > 0:
+            run_out = torch.zeros_like(clean)
+            hooks += _capture_hooks(model, layout, run_out)
+            hooks += [(n, _mix(alpha, corrupted_inputs[n])) for n in names]
+        else:
+            run_out = clean
+        scorer.delta = run_out - corrupted
+        for name, first in receiver_hook_names(cfg, layout):
+            per_head = layout.receivers[first].kind in ("Q", "K", "V")
+            hooks.append((name, _watch(scorer.grad_hook(first, per_head))))
+        with torch.enable_grad(), model.hooks(hooks):
+            logits = model(clean_tokens)
+            value = metric_tensor(logits, part, clean_logits)
+            if not isinstance(value, torch.Tensor) or not value.requires_grad:
+                raise UsageError("the metric does not depend on the logits through autograd, so it has no "
+                                 "gradient to attribute")
+            torch.autograd.grad(value, [leaf])
+        passes += 1
+    scorer.delta = None
+    return passes
+
+
+def _watch(on_grad: Callable[[torch.Tensor], None]):
+    def hook(x, hook):
+        if x.requires_grad:
+            x.register_hook(on_grad)
+        return x
+    return hook
+
+
+def _mix(alpha: float, corrupted_input: torch.Tensor):
+    """x -> (1 - alpha) x + alpha x' (x' the corrupted run's input, broadcast over heads)."""
+    def hook(x, hook):
+        other = corrupted_input[:, :, None] if x.ndim == 4 else corrupted_input
+        return (1 - alpha) * x + alpha * other
+    return hook
