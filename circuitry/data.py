@@ -46,15 +46,18 @@ class TokenBatch:
     def select(self, rows: slice) -> "TokenBatch":
         """The same batch restricted to some rows (every per-row tensor, and per-row mappings of them)."""
         b = self.tokens.shape[0]
+        return self.map_tensors(lambda t: t[rows] if t.ndim and t.shape[0] == b else t)
 
-        def take(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == b:
-                return value[rows]
+    def map_tensors(self, fn) -> "TokenBatch":
+        """The same batch with fn applied to every tensor field (and to the tensors of mapping fields)."""
+        def each(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return fn(value)
             if isinstance(value, Mapping):
-                return {k: take(v) for k, v in value.items()}
+                return {k: each(v) for k, v in value.items()}
             return value
 
-        return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)
+        return replace(self, **{f.name: each(getattr(self, f.name)) for f in fields(self)
                                 if isinstance(getattr(self, f.name), (torch.Tensor, Mapping))})
 
 

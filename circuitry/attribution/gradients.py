@@ -178,6 +178,8 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
     n_runs = 1 if method == "eap" else steps
     total = -(-b // chunk) * n_runs
     done = passes = 0
+    with torch.inference_mode(False):  # tensors made in inference mode cannot take part in autograd: copies
+        batch = batch.map_tensors(lambda t: t.clone())
     for start in range(0, b, chunk):
         part = batch.select(slice(start, start + chunk))
         scorer.weight = sign * part.tokens.shape[0] / b / n_runs  # chunks and runs: a mean over both

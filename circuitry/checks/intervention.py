@@ -24,7 +24,7 @@ import torch
 
 from circuitry.checks.base import CheckPlan, CheckResult, Sweep, items
 from circuitry.errors import UsageError
-from circuitry.names import LOGITS, check_site, parse_component
+from circuitry.names import LOGITS, check_site
 from circuitry.records import CheckKind
 from circuitry.spec.format import EDGE, INTERVENTIONS, METRICS, NODE, Check, expectation_of
 from circuitry.spec.schema import AnyOf, Field, ListOf, Str
@@ -51,8 +51,6 @@ def _target(run, value: Any, path: tuple) -> tuple[Any, str]:
 
     if _is_edge(value):
         e = run.edge(value, path)
-        if parse_component(e.sender).kind not in ("head", "mlp"):
-            raise run.error(path, f"{e}: interventions act on edges from heads and MLPs, not from {e.sender}")
         receiver: Any = LOGITS if e.kind == "direct" else e.receiver  # names are parsed into nodes
         return Target(e.sender, receiver, e.kind), "edge"
     if "." not in str(value):

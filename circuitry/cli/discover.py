@@ -39,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"fraction of the task metric the circuit must recover (default {DEFAULT_TARGET})")
     p.add_argument("--role-threshold", type=float, default=DEFAULT_ROLE_THRESHOLD,
                    help=f"detector score that gives a head its role (default {DEFAULT_ROLE_THRESHOLD})")
+    p.add_argument("--method", choices=("prune", "eap", "eap-ig", "eap-ig-act"), default="prune",
+                   help="prune (default): greedy rounds of ablation sweeps; eap, eap-ig, eap-ig-act: score every "
+                        "edge by attribution patching and keep the fewest top edges whose exact faithfulness "
+                        "reaches --target, with the faithfulness curve")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="integrated-gradient steps of eap-ig and eap-ig-act (default 5)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="attribution methods: draw the faithfulness curve (needs matplotlib)")
     p.add_argument("--sweeps", choices=("batched", "naive"), default="batched",
                    help="batched sweeps (default) or one forward pass per intervention")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
@@ -54,6 +62,18 @@ def run(args: argparse.Namespace, out) -> int:
 
     if args.out:
         check_output(args.out, "--out", (".yaml",))
+    attributed = args.method != "prune"
+    if not attributed and (args.steps is not None or args.plot):
+        raise UsageError(f"--{'steps' if args.steps is not None else 'plot'} applies to --method eap, eap-ig or "
+                         f"eap-ig-act, not prune")
+    if args.steps is not None and (args.steps < 1 or args.method == "eap"):
+        raise UsageError(f"--steps must be >= 1 and applies to eap-ig and eap-ig-act (got {args.steps} with "
+                         f"--method {args.method})")
+    if args.plot:
+        check_output(args.plot, "--plot", (".png",))
+        from circuitry.report.plots import require
+
+        require()
     task = resolve_task(args.task)  # an unknown task or a bad task file fails before the model loads
     check_task_data(task, args.data)
     if not 0 <= args.margin < 1:
@@ -65,23 +85,58 @@ def run(args: argparse.Namespace, out) -> int:
         with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
                       console=out.err, transient=True) as progress:
             bar = progress.add_task("loading", total=None)
-            circuit = discover(model, task, args.data, target=args.target, margin=args.margin,
-                               role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
-                               progress=lambda message: progress.update(bar, description=message))
+            say = lambda message: progress.update(bar, description=message)  # noqa: E731
+            how = None
+            if attributed:
+                from circuitry.attribution import DEFAULT_STEPS
+                from circuitry.discovery.attributed import discover_attributed
+
+                circuit, how = discover_attributed(model, task, args.method, args.steps or DEFAULT_STEPS,
+                                                   data=args.data, target=args.target, margin=args.margin,
+                                                   role_threshold=args.role_threshold, model_ref=args.model,
+                                                   progress=say)
+            else:
+                circuit = discover(model, task, args.data, target=args.target, margin=args.margin,
+                                   role_threshold=args.role_threshold, method=args.sweeps, model_ref=args.model,
+                                   progress=say)
     except TaskNotDone as finding:
         return refuse(finding, args, out)
     if args.out:
         write_spec(circuit, args.out)
+    if how is not None and args.plot:
+        from circuitry.report.plots import faithfulness_curve_png
+
+        faithfulness_curve_png(how.curve, args.plot, f"{args.model}: {how.method} on {circuit.task}")
     if args.json:
-        out.json({**circuit.to_json(), "spec": args.out})
+        doc = {**circuit.to_json(), "spec": args.out}
+        if how is not None:
+            doc["attribution"] = how.to_json()
+        out.json(doc)
         return 0
     render(circuit, out)
+    if how is not None:
+        render_curve(how, out)
+        if args.plot:
+            out.print(f"faithfulness curve: {args.plot}")
     if args.out:
         out.print(f"spec written to {args.out}  (check it: circuitry verify {args.out})")
     else:
         out.print("[dim]spec (write it with --out SPEC.yaml):[/]")
         out.print(circuit.spec_text, markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def render_curve(how, out) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"faithfulness curve ({how.method}, {how.n_edges} edges scored)", title_justify="left")
+    for col in ("top % of edges", "edges kept", "faithfulness"):
+        table.add_column(col, justify="right")
+    for p in how.curve.points:
+        table.add_row(f"{p.percent:g}", str(p.n_edges), f"{p.faithfulness:.3f}")
+    out.print(table)
+    out.print(f"CPR (area under the curve, higher is better) {how.curve.cpr:.3f}; CMD (area of |1 - F|, lower is "
+              f"better) {how.curve.cmd:.3f}")
 
 
 def refuse(finding, args: argparse.Namespace, out) -> int:

@@ -217,7 +217,9 @@ class CleanRun:
 def clean_hook_names(model, patterns: bool = True) -> list[str]:
     """Hook names a CleanRun needs for `model` (patterns: also every attention pattern)."""
     cfg = model.cfg
-    names = [f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    names = [f"blocks.{cfg.n_layers - 1}.hook_resid_post", "hook_embed"]  # the embeddings: edges send from them
+    if cfg.positional == "learned":
+        names.append("hook_pos_embed")
     for l in range(cfg.n_layers):
         names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z"]
         if not cfg.attn_only:

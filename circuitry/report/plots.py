@@ -183,3 +183,20 @@ def phase_change_png(steps: Sequence[int], series: Mapping[str, Sequence[float]]
                      loss: Sequence[float] | None = None, thresholds: Mapping[str, float] | None = None,
                      title: str = "detector scores across training") -> Path:
     return save_png(phase_change_figure(steps, series, loss, thresholds, title), path)
+
+
+def faithfulness_curve_png(curve, path: str | Path, title: str = "faithfulness curve") -> Path:
+    """The faithfulness curve of discovery by attribution: exact faithfulness against the top % of edges kept
+    (log scale), with the full-faithfulness line; the legend gives CPR and CMD."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p.percent for p in curve.points]
+    ax.plot(xs, [p.faithfulness for p in curve.points], marker="o",
+            label=f"CPR {curve.cpr:.3f}, CMD {curve.cmd:.3f}")
+    ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("top % of edges kept")
+    ax.set_ylabel("faithfulness")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return save_png(fig, path)

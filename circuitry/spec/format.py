@@ -161,6 +161,9 @@ def spec_schema(manager: Any = None) -> Obj:
             "description": Field(Str()),
             "authors": Field(ListOf(Str())),
             "tags": Field(ListOf(Str())),
+            "attribution": Field(Obj({}, extra=SCALAR, doc="how discovery by attribution chose the circuit"),
+                                 doc="written by `discover --method eap|eap-ig`: the method, its steps, the "
+                                     "edges kept and the faithfulness curve's areas"),
         }), required=True),
         "model": Field(Str(pattern=r"\S.*", pattern_doc="a model reference: builtin:NAME, a path, hf:NAME ...",
                            doc="a model reference: builtin:NAME, a path, hf:PATH or tl:PATH (paths relative to "

@@ -115,3 +115,26 @@ def split_offset(text: str) -> tuple[str, int]:
         if op and name and rest.strip().isdigit() and len(rest.strip()) <= 6:
             return name.strip(), int(rest) * (1 if sign == "+" else -1)
     return text, 0
+
+
+def paired(clean: TokenBatch, reference: TokenBatch, name: str = "") -> ContrastiveBatch:
+    """A token batch and a reference batch of the same shape as a contrastive task: the metric is read at the
+    clean batch's predictable positions (the same number in every row), the answer is the next clean token
+    and the wrong answer the next reference token there (for the tasks of task plugins, such as induction)."""
+    if tuple(clean.tokens.shape) != tuple(reference.tokens.shape):
+        raise UsageError(f"the data and its reference must have the same shape to pair them row by row, got "
+                         f"{tuple(clean.tokens.shape)} and {tuple(reference.tokens.shape)}")
+    mask = clean.predictable.clone()
+    mask[:, -1] = False  # the last position has no next token
+    counts = mask.sum(1)
+    if not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
+        raise UsageError(f"the data ({clean.description}) must have the same number of predictable positions "
+                         f"(at least one) in every row to be read as a task")
+    b = clean.tokens.shape[0]
+    read = mask.nonzero()[:, 1].reshape(b, -1)  # [batch, n_read]
+    rows = torch.arange(b)[:, None]
+    answer, wrong = clean.tokens[rows, read + 1], reference.tokens[rows, read + 1][..., None]
+    return ContrastiveBatch(clean.tokens, clean.predictable, clean.fresh, clean.repeat_len,
+                            f"{clean.description} against {reference.description}", clean.warnings,
+                            corrupted=reference.tokens, answer=answer, wrong=wrong, read=read,
+                            positions={END: torch.full((b, 1), clean.tokens.shape[1] - 1)}, task=name)
