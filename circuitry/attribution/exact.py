@@ -29,18 +29,20 @@ from circuitry.names import EMBED, POS_EMBED
 
 
 def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory_budget: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, int]:
+                 progress: Callable[[int, int], None] | None = None,
+                 at: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(scores, forward passes): [n_edges] in `Layout.edges` order (level "edges") or [n_senders] in
-    `Layout.senders` order (level "nodes"). metric(logits, batch, clean_logits) -> float."""
+    `Layout.senders` order (level "nodes"). metric(logits, batch, clean_logits) -> float. at [batch, pos]
+    (bool): patch at those positions only."""
     layout = Layout.of(model.cfg)
     tokens, corrupted = model.check_tokens(batch.tokens), model.check_tokens(batch.corrupted)
     if level == "edges":
         items: list = [EdgePatch(IEdge(sender_of(e.sender), None if e.kind == "direct" else Node.parse(e.receiver),
-                                       e.kind), "corrupted") for e in layout.edges]
+                                       e.kind), "corrupted", at=at) for e in layout.edges]
         names = list(range(len(items)))
     else:
         names = [i for i, n in enumerate(layout.senders) if n not in (EMBED, POS_EMBED)]
-        items = [Ablation(Node.parse(layout.senders[i]), "corrupted") for i in names]
+        items = [Ablation(Node.parse(layout.senders[i]), "corrupted", at=at) for i in names]
     clean = clean_run(model, tokens, patterns=False, extra=patched_site_names(items))
     base = float(metric(clean.logits, batch, clean.logits))
 
@@ -58,6 +60,8 @@ def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory
     if level == "nodes":  # the embeddings: the clean run with the corrupted token embeddings
         with torch.inference_mode():
             e_corr = model.embed.W_E[corrupted]
+            if at is not None:
+                e_corr = torch.where(at.to(e_corr.device)[:, :, None], e_corr, model.embed.W_E[tokens])
             logits = model.run_with_hooks(tokens, [("hook_embed", lambda x, hook: e_corr)])
         out[layout.index[EMBED]] = sign * (base - value(logits, None))
         passes += 1

@@ -137,6 +137,7 @@ class _Scorer:
         self.nodes = torch.zeros(len(layout.senders), n_pos, dtype=torch.float64, device=device)
         self.delta: torch.Tensor | None = None  # [batch, pos, sender, d_model]
         self.weight = 1.0
+        self.at: torch.Tensor | None = None  # [batch, pos] bool: the positions whose differences count
 
     def grad_hook(self, first: int, per_head: bool) -> Callable[[torch.Tensor], None]:
         """The backward hook of one receiver input tensor (all heads of a layer for Q/K/V)."""
@@ -162,10 +163,11 @@ class _Scorer:
 
 
 def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: int, sign: float,
-                    memory_budget: int | None = None, progress: Callable[[int, int], None] | None = None
-                    ) -> GradientScores:
+                    memory_budget: int | None = None, progress: Callable[[int, int], None] | None = None,
+                    at: torch.Tensor | None = None) -> GradientScores:
     """Edge scores of `method` (GRADIENT_METHODS) for the metric `metric_tensor(logits, batch, clean_logits)`
-    (a differentiable 0-dim tensor) on a task batch (clean `tokens`, `corrupted`)."""
+    (a differentiable 0-dim tensor) on a task batch (clean `tokens`, `corrupted`). at [batch, pos] (bool):
+    only the senders' differences at those positions count (patches at those positions only)."""
     if method not in GRADIENT_METHODS:
         raise UsageError(f"unknown gradient method {method!r}; valid: {', '.join(GRADIENT_METHODS)}")
     if method != "eap" and (not isinstance(steps, int) or steps < 1):
@@ -180,9 +182,11 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
     done = passes = 0
     with torch.inference_mode(False):  # tensors made in inference mode cannot take part in autograd: copies
         batch = batch.map_tensors(lambda t: t.clone())
+        at = None if at is None else at.clone().to(model.device)
     for start in range(0, b, chunk):
         part = batch.select(slice(start, start + chunk))
         scorer.weight = sign * part.tokens.shape[0] / b / n_runs  # chunks and runs: a mean over both
+        scorer.at = None if at is None else at[start:start + chunk]
         passes += _chunk(model, part, metric_tensor, method, n_runs, layout, scorer)
         done += n_runs
         if progress is not None:
@@ -227,6 +231,8 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
         else:
             run_out = clean
         scorer.delta = run_out - corrupted
+        if scorer.at is not None:
+            scorer.delta = scorer.delta * scorer.at[:, :, None, None]
         for name, first in receiver_hook_names(cfg, layout):
             per_head = layout.receivers[first].kind in ("Q", "K", "V")
             hooks.append((name, _watch(scorer.grad_hook(first, per_head))))

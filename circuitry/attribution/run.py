@@ -35,12 +35,14 @@ def metric_record(name: str, manager=None):
 
 def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", level: str = "edges",
               steps: int = DEFAULT_STEPS, memory_budget: int | None = None,
-              progress: Callable[[int, int], None] | None = None, manager=None) -> AttributionResult:
+              progress: Callable[[int, int], None] | None = None, manager=None,
+              at: torch.Tensor | None = None) -> AttributionResult:
     """Scores of every edge (and node) of `model`'s residual graph on a task batch (`ContrastiveBatch`).
 
     method: eap, eap-ig (input embeddings interpolated, `steps` runs), eap-ig-act (receiver inputs
     interpolated) or exact (one patch per edge / node through the sweep engine). level: edges (edges
-    and nodes) or nodes (exact: nodes only, one patch per node)."""
+    and nodes) or nodes (exact: nodes only, one patch per node). at [batch, pos] (bool, e.g.
+    `batch.mask(["S2", "END"])`): patch only at those positions (default every position)."""
     check_method(method)
     if level not in LEVELS:
         raise UsageError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -58,10 +60,10 @@ def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", 
         clean = float(record.compute(clean_logits, batch, clean_logits))
         corrupted = float(record.compute(model(batch.corrupted), batch, clean_logits))
     if method == "exact":
-        scores, passes = exact_scores(model, batch, record.compute, sign, level, memory_budget, progress)
+        scores, passes = exact_scores(model, batch, record.compute, sign, level, memory_budget, progress, at)
         edge_scores = scores if level == "edges" else None
         if level == "edges":
-            node_scores, more = exact_scores(model, batch, record.compute, sign, "nodes", memory_budget)
+            node_scores, more = exact_scores(model, batch, record.compute, sign, "nodes", memory_budget, at=at)
             passes += more
         else:
             node_scores = scores
@@ -71,7 +73,7 @@ def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", 
             raise UsageError(f"metric {metric!r} has no gradient (it counts or ranks); attribution by "
                              f"{method} needs a differentiable metric: logit_diff, correct_logit, prob, loss, kl "
                              f"(or --method exact)")
-        g = gradient_scores(model, batch, record.tensor, method, steps, sign, memory_budget, progress)
+        g = gradient_scores(model, batch, record.tensor, method, steps, sign, memory_budget, progress, at)
         edge_scores, node_positions, passes = g.edges, g.node_positions, g.n_passes
         node_scores = node_positions.sum(-1)
     return AttributionResult(method, metric, layout, edge_scores, node_scores, node_positions,

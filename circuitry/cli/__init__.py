@@ -26,6 +26,7 @@ COMMANDS = {
     "discover": "circuitry.cli.discover",
     "track": "circuitry.cli.track",
     "patch": "circuitry.cli.patch",
+    "attribute": "circuitry.cli.attribute",
 }
 
 

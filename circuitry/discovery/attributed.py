@@ -192,3 +192,18 @@ def _with_attribution(spec_text: str, how: Attribution, circuit: Circuit) -> str
     body = [line.split("  #")[0] + comments[line.split("  #")[0]] if line.split("  #")[0] in comments else line
             for line in body]
     return "\n".join(head + body) + "\n"
+
+
+def task_batch(model: HookedTransformer, task: str | Path | Task | TaskFile,
+               data: str | Mapping[str, Any] | None = None, manager: PluginManager | None = None):
+    """(contrastive batch, task name, metric record) of a task file or a task plugin (its data paired row by
+    row with its reference data) on `model`, for attribution."""
+    manager = manager or get_manager()
+    resolved = resolve_task(task, manager)
+    check_task_data(resolved, data)
+    metric = _require(manager, resolved)
+    with torch.inference_mode():
+        setup = _file_setup(model, resolved, metric, data) if isinstance(resolved, TaskFile) else \
+            _plugin_setup(model, resolved, metric, data, manager)  # type: ignore[arg-type]
+    batch = setup.batch if setup.task_file else paired(setup.batch, setup.reference, setup.task)
+    return batch, setup.task, metric
