@@ -230,14 +230,14 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
             hooks += [(n, _mix(alpha, corrupted_inputs[n])) for n in names]
         else:
             run_out = clean
-        scorer.delta = run_out - corrupted
-        if scorer.at is not None:
-            scorer.delta = scorer.delta * scorer.at[:, :, None, None]
         for name, first in receiver_hook_names(cfg, layout):
             per_head = layout.receivers[first].kind in ("Q", "K", "V")
             hooks.append((name, _watch(scorer.grad_hook(first, per_head))))
         with torch.enable_grad(), model.hooks(hooks):
-            logits = model(clean_tokens)
+            logits = model(clean_tokens)  # fills run_out when the run's own sender outputs are scored
+            scorer.delta = run_out - corrupted  # read by the gradient hooks during the backward pass below
+            if scorer.at is not None:
+                scorer.delta = scorer.delta * scorer.at[:, :, None, None]
             value = metric_tensor(logits, part, clean_logits)
             if not isinstance(value, torch.Tensor) or not value.requires_grad:
                 raise UsageError("the metric does not depend on the logits through autograd, so it has no "
