@@ -429,11 +429,14 @@ def test_eap_ig_act_equals_receiver_input_integrated_gradients(setups, which):
 def test_node_scores_of_gradient_methods_sum_the_outgoing_edges(setups, which):
     model, batch = setups.model(which), setups.batch(which, 8)
     layout = Layout.of(model.cfg)
-    for res in (setups.result(which, 8, method="eap"), setups.result(which, 8, method="eap-ig", steps=4)):
+    for res in (setups.result(which, 8, method="eap", per_position=True),
+                setups.result(which, 8, method="eap-ig", steps=4, per_position=True)):
         sums = torch.zeros(len(layout.senders), dtype=torch.float64)
         for e, s in zip(layout.edges, res.edge_scores):
             sums[layout.senders.index(e.sender)] += float(s)
         check_close(res.node_scores, sums, 1e-5 * float(sums.abs().max()), res.method)
+        # the per-position node scores are computed apart (their own contraction): they sum to the same
+        check_close(res.node_positions.sum(-1), sums, 1e-5 * float(sums.abs().max()), res.method)
         assert res.node_positions.shape == (len(layout.senders), batch.tokens.shape[1])
         # BOS r: the same tokens in both prompts, so no sender differs there (attention is causal)
         first = int((batch.tokens != batch.corrupted).any(0).nonzero().min())
@@ -448,8 +451,9 @@ def test_chunked_rows_give_the_same_scores(setups, method):
     model, batch = setups.model("attn"), setups.batch("attn", 8)
     layout = Layout.of(model.cfg)
     one = row_bytes(model.cfg, layout, batch.tokens.shape[1])
-    whole = attribute(model, batch, method=method, steps=2)
-    chunked = attribute(model, batch, method=method, steps=2, memory_budget=3 * one + one // 2)  # 3 + 3 + 2 rows
+    whole = attribute(model, batch, method=method, steps=2, per_position=True)
+    chunked = attribute(model, batch, method=method, steps=2, per_position=True,
+                        memory_budget=3 * one + one // 2)  # 3 + 3 + 2 rows
     runs = 1 if method == "eap" else 2
     assert chunked.n_passes == 3 * (2 + runs) and whole.n_passes == 2 + runs
     check_close(chunked.edge_scores, whole.edge_scores, 1e-5 * float(whole.edge_scores.abs().max()), "edges")

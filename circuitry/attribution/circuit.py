@@ -67,7 +67,7 @@ class CircuitRunner:
         self.tokens = model.check_tokens(batch.tokens)
         corrupted_tokens = model.check_tokens(batch.corrupted)
         b, p = self.tokens.shape
-        self.corrupted_out = torch.zeros(b, p, len(self.layout.senders), cfg.d_model, device=model.device)
+        self.corrupted_out = torch.zeros(len(self.layout.senders), b, p, cfg.d_model, device=model.device)
         self.inputs: dict[str, torch.Tensor] = {}
         self.hooks = receiver_hook_names(cfg, self.layout)
 
@@ -111,10 +111,10 @@ class CircuitRunner:
         corrupted_out = self.corrupted_out
 
         def hook(x, hook):
-            delta = current[:, :, :n_up] - corrupted_out[:, :, :n_up]  # [batch, pos, n_up, d_model]
+            delta = current[:n_up] - corrupted_out[:n_up]  # [n_up, batch, pos, d_model]
             if x.ndim == 4:  # per-head inputs [batch, pos, head, d_model]
-                return corrupted_input[:, :, None] + torch.einsum("bpsd,hs->bphd", delta, rows)
-            return corrupted_input + torch.einsum("bpsd,s->bpd", delta, rows)
+                return corrupted_input[:, :, None] + torch.einsum("sbpd,hs->bphd", delta, rows)
+            return corrupted_input + torch.einsum("sbpd,s->bpd", delta, rows)
         return hook
 
 

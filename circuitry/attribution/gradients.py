@@ -24,9 +24,9 @@ patching it from the corrupted run is predicted to cost the metric that much.
   run, averaged. alpha = 0 is EAP; the interpolation moves every edge at once
   towards its corrupted value, the inputs interpolation moves the prompt.
 
-Memory: the sender outputs [batch, pos, sender, d_model] (one tensor, a view
-per receiver) and one receiver's gradient at a time (scored in its backward
-hook, then dropped): O(n_senders x batch x pos x d_model), never
+Memory: the sender outputs [sender, batch, pos, d_model] (one tensor, a
+contiguous block per receiver, scored by one matrix product) and one
+receiver's gradient at a time (scored in its backward hook, then dropped): O(n_senders x batch x pos x d_model), never
 [n_edges, ...]. Rows are chunked to fit the memory budget; each chunk's
 gradient is weighted by its share of the rows (metrics are means over rows).
 A node's score is the sum of its outgoing edges' scores: the gradient at a
@@ -49,10 +49,11 @@ GRADIENT_METHODS = ("eap", "eap-ig", "eap-ig-act")
 
 @dataclass(frozen=True)
 class GradientScores:
-    """edges [n_edges] (Layout.edges order), node_positions [n_senders, pos] (summed over prompts)."""
+    """edges [n_edges] (Layout.edges order), node_positions [n_senders, pos] (summed over prompts; None unless
+    asked for)."""
 
     edges: torch.Tensor
-    node_positions: torch.Tensor
+    node_positions: torch.Tensor | None
     n_passes: int
     chunk: int
 
@@ -77,9 +78,9 @@ def chunk_rows(cfg, layout: Layout, batch: int, pos: int, budget: int | None) ->
 
 def sender_outputs(model, tokens: torch.Tensor, layout: Layout, embed: torch.Tensor | None = None,
                    extra: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Every sender's output [batch, pos, sender, d_model] on `tokens` (no gradients)."""
+    """Every sender's output [sender, batch, pos, d_model] on `tokens` (no gradients)."""
     b, p = tokens.shape
-    out = torch.zeros(b, p, len(layout.senders), model.cfg.d_model, device=model.device)
+    out = torch.zeros(len(layout.senders), b, p, model.cfg.d_model, device=model.device)
     with torch.no_grad(), model.hooks(_capture_hooks(model, layout, out, embed)):
         logits = model(tokens)
     if extra is not None:
@@ -88,12 +89,13 @@ def sender_outputs(model, tokens: torch.Tensor, layout: Layout, embed: torch.Ten
 
 
 def _capture_hooks(model, layout: Layout, out: torch.Tensor, embed: torch.Tensor | None = None) -> list:
-    """Hooks that write every sender's output into out [batch, pos, sender, d_model] (detached)."""
+    """Hooks that write every sender's output into out [sender, batch, pos, d_model] (detached; sender-major,
+    so that the senders a receiver reads are one contiguous block)."""
     cfg = model.cfg
 
     def put(i: int):
         def hook(x, hook):
-            out[:, :, i] = x.detach()
+            out[i] = x.detach()
             return x
         return hook
 
@@ -101,7 +103,7 @@ def _capture_hooks(model, layout: Layout, out: torch.Tensor, embed: torch.Tensor
         first = layout.first_head(layer)
 
         def hook(z, hook):  # z [batch, pos, head, d_head] -> each head's output
-            out[:, :, first:first + cfg.n_heads] = torch.einsum("bphe,hed->bphd", z.detach(), model.W_O[layer])
+            out[first:first + cfg.n_heads] = torch.einsum("bphe,hed->hbpd", z.detach(), model.W_O[layer])
             return z
         return hook
 
@@ -131,11 +133,12 @@ def receiver_hook_names(cfg, layout: Layout) -> list[tuple[str, int]]:
 class _Scorer:
     """Accumulates edge and per-position node scores from the receivers' gradients during backward."""
 
-    def __init__(self, layout: Layout, n_pos: int, device) -> None:
+    def __init__(self, layout: Layout, n_pos: int, device, per_position: bool = False) -> None:
         self.layout = layout
         self.edges = torch.zeros(len(layout.edges), dtype=torch.float64, device=device)
-        self.nodes = torch.zeros(len(layout.senders), n_pos, dtype=torch.float64, device=device)
-        self.delta: torch.Tensor | None = None  # [batch, pos, sender, d_model]
+        self.nodes = torch.zeros(len(layout.senders), n_pos, dtype=torch.float64, device=device) \
+            if per_position else None
+        self.delta: torch.Tensor | None = None  # [sender, batch, pos, d_model]
         self.weight = 1.0
         self.at: torch.Tensor | None = None  # [batch, pos] bool: the positions whose differences count
 
@@ -147,24 +150,28 @@ class _Scorer:
             assert self.delta is not None
             with torch.no_grad():
                 r = layout.receivers[first]
-                up = self.delta[:, :, : r.n_up]  # [batch, pos, n_up, d_model]
+                up = self.delta[: r.n_up]  # [n_up, batch, pos, d_model], contiguous
+                flat = up.reshape(r.n_up, -1)  # [n_up, batch * pos * d_model]: one matrix product per receiver
+                g = g.to(up.dtype)
                 if per_head:  # g [batch, pos, head, d_model]: receivers first, first + 3, ... (Q/K/V interleaved)
-                    s = torch.einsum("bpsd,bphd->hs", up, g.to(up.dtype)).double() * self.weight
-                    n = layout.n_heads
-                    for h in range(n):
+                    heads = g.permute(2, 0, 1, 3).reshape(g.shape[2], -1)  # [head, batch * pos * d_model]
+                    s = (flat @ heads.T).T.double() * self.weight  # [head, n_up]
+                    for h in range(layout.n_heads):
                         at = layout.offsets[first + 3 * h]
                         self.edges[at:at + r.n_up] += s[h]
-                    self.nodes[: r.n_up] += torch.einsum("bpsd,bphd->sp", up, g.to(up.dtype)).double() * self.weight
+                    if self.nodes is not None:
+                        self.nodes[: r.n_up] += torch.einsum("sbpd,bphd->sp", up, g).double() * self.weight
                 else:  # g [batch, pos, d_model]
                     at = layout.offsets[first]
-                    self.edges[at:at + r.n_up] += torch.einsum("bpsd,bpd->s", up, g.to(up.dtype)).double() * self.weight
-                    self.nodes[: r.n_up] += torch.einsum("bpsd,bpd->sp", up, g.to(up.dtype)).double() * self.weight
+                    self.edges[at:at + r.n_up] += (flat @ g.reshape(-1)).double() * self.weight
+                    if self.nodes is not None:
+                        self.nodes[: r.n_up] += torch.einsum("sbpd,bpd->sp", up, g).double() * self.weight
         return on_grad
 
 
 def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: int, sign: float,
                     memory_budget: int | None = None, progress: Callable[[int, int], None] | None = None,
-                    at: torch.Tensor | None = None) -> GradientScores:
+                    at: torch.Tensor | None = None, per_position: bool = False) -> GradientScores:
     """Edge scores of `method` (GRADIENT_METHODS) for the metric `metric_tensor(logits, batch, clean_logits)`
     (a differentiable 0-dim tensor) on a task batch (clean `tokens`, `corrupted`). at [batch, pos] (bool):
     only the senders' differences at those positions count (patches at those positions only)."""
@@ -176,7 +183,7 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
     layout = Layout.of(cfg)
     b, p = batch.tokens.shape
     chunk = chunk_rows(cfg, layout, b, p, memory_budget)
-    scorer = _Scorer(layout, p, model.device)
+    scorer = _Scorer(layout, p, model.device, per_position)
     n_runs = 1 if method == "eap" else steps
     total = -(-b // chunk) * n_runs
     done = passes = 0
@@ -191,7 +198,7 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
         done += n_runs
         if progress is not None:
             progress(done, total)
-    return GradientScores(scorer.edges.cpu(), scorer.nodes.cpu(), passes, chunk)
+    return GradientScores(scorer.edges.cpu(), None if scorer.nodes is None else scorer.nodes.cpu(), passes, chunk)
 
 
 def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layout: Layout,
@@ -213,7 +220,7 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
                                        *((n, keep_inputs) for n in names if method == "eap-ig-act")]):
         model(corrupted_tokens)
     clean_logits = stash["logits"]
-    e_clean, e_corr = clean[:, :, 0].clone(), corrupted[:, :, 0].clone()  # token embeddings (sender 0)
+    e_clean, e_corr = clean[0].clone(), corrupted[0].clone()  # token embeddings (sender 0) [batch, pos, d_model]
     passes = 2
     for k in range(1, n_runs + 1):
         hooks: list = []
@@ -237,7 +244,7 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
             logits = model(clean_tokens)  # fills run_out when the run's own sender outputs are scored
             scorer.delta = run_out - corrupted  # read by the gradient hooks during the backward pass below
             if scorer.at is not None:
-                scorer.delta = scorer.delta * scorer.at[:, :, None, None]
+                scorer.delta = scorer.delta * scorer.at[None, :, :, None]
             value = metric_tensor(logits, part, clean_logits)
             if not isinstance(value, torch.Tensor) or not value.requires_grad:
                 raise UsageError("the metric does not depend on the logits through autograd, so it has no "

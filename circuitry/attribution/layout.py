@@ -93,6 +93,20 @@ class Layout:
             at += r.n_up
         return tuple(out)
 
+    @cached_property
+    def edge_senders(self):
+        """[n_edges] (torch.long): the sender index of every edge."""
+        import torch
+
+        return torch.tensor([self.index[e.sender] for e in self.edges], dtype=torch.long)
+
+    def node_sums(self, edge_scores):
+        """[n_senders]: each sender's outgoing edge scores summed (a node's score)."""
+        import torch
+
+        out = torch.zeros(len(self.senders), dtype=edge_scores.dtype)
+        return out.index_add_(0, self.edge_senders, edge_scores)
+
     def check(self, cfg) -> None:
         """The layout's components are the model's (a guard against drifting from `names`)."""
         assert list(self.senders) + [LOGITS] == component_names(cfg), "attribution layout out of step with names"

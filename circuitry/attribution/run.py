@@ -36,13 +36,14 @@ def metric_record(name: str, manager=None):
 def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", level: str = "edges",
               steps: int = DEFAULT_STEPS, memory_budget: int | None = None,
               progress: Callable[[int, int], None] | None = None, manager=None,
-              at: torch.Tensor | None = None) -> AttributionResult:
+              at: torch.Tensor | None = None, per_position: bool = False) -> AttributionResult:
     """Scores of every edge (and node) of `model`'s residual graph on a task batch (`ContrastiveBatch`).
 
     method: eap, eap-ig (input embeddings interpolated, `steps` runs), eap-ig-act (receiver inputs
     interpolated) or exact (one patch per edge / node through the sweep engine). level: edges (edges
     and nodes) or nodes (exact: nodes only, one patch per node). at [batch, pos] (bool, e.g.
-    `batch.mask(["S2", "END"])`): patch only at those positions (default every position)."""
+    `batch.mask(["S2", "END"])`): patch only at those positions (default every position). per_position: also
+    the node scores by position (gradient methods)."""
     check_method(method)
     if level not in LEVELS:
         raise UsageError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -73,9 +74,10 @@ def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", 
             raise UsageError(f"metric {metric!r} has no gradient (it counts or ranks); attribution by "
                              f"{method} needs a differentiable metric: logit_diff, correct_logit, prob, loss, kl "
                              f"(or --method exact)")
-        g = gradient_scores(model, batch, record.tensor, method, steps, sign, memory_budget, progress, at)
+        g = gradient_scores(model, batch, record.tensor, method, steps, sign, memory_budget, progress, at,
+                            per_position)
         edge_scores, node_positions, passes = g.edges, g.node_positions, g.n_passes
-        node_scores = node_positions.sum(-1)
+        node_scores = layout.node_sums(edge_scores)
     return AttributionResult(method, metric, layout, edge_scores, node_scores, node_positions,
                              position_labels(batch) if node_positions is not None else (), clean, corrupted,
                              steps if method not in ("eap", "exact") else None, passes,

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, out) -> int:
                   transient=True) as progress:
         bar = progress.add_task("attribute", total=None)
         result = attribute(model, batch, args.metric or metric.name, args.method, args.level,
-                           args.steps or DEFAULT_STEPS, at=at,
+                           args.steps or DEFAULT_STEPS, at=at, per_position=args.per_position,
                            progress=lambda done, total: progress.update(bar, completed=done, total=total))
     if args.graph:
         from circuitry.graph import ResidualGraph
