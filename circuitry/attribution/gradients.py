@@ -144,29 +144,81 @@ class _Scorer:
 
     def grad_hook(self, first: int, per_head: bool) -> Callable[[torch.Tensor], None]:
         """The backward hook of one receiver input tensor (all heads of a layer for Q/K/V)."""
-        layout = self.layout
+        return lambda g: self.score(first, per_head, g)
 
-        def on_grad(g: torch.Tensor) -> None:
-            assert self.delta is not None
-            with torch.no_grad():
-                r = layout.receivers[first]
-                up = self.delta[: r.n_up]  # [n_up, batch, pos, d_model], contiguous
-                flat = up.reshape(r.n_up, -1)  # [n_up, batch * pos * d_model]: one matrix product per receiver
-                g = g.to(up.dtype)
-                if per_head:  # g [batch, pos, head, d_model]: receivers first, first + 3, ... (Q/K/V interleaved)
-                    heads = g.permute(2, 0, 1, 3).reshape(g.shape[2], -1)  # [head, batch * pos * d_model]
-                    s = (flat @ heads.T).T.double() * self.weight  # [head, n_up]
-                    for h in range(layout.n_heads):
-                        at = layout.offsets[first + 3 * h]
-                        self.edges[at:at + r.n_up] += s[h]
-                    if self.nodes is not None:
-                        self.nodes[: r.n_up] += torch.einsum("sbpd,bphd->sp", up, g).double() * self.weight
-                else:  # g [batch, pos, d_model]
-                    at = layout.offsets[first]
-                    self.edges[at:at + r.n_up] += (flat @ g.reshape(-1)).double() * self.weight
-                    if self.nodes is not None:
-                        self.nodes[: r.n_up] += torch.einsum("sbpd,bpd->sp", up, g).double() * self.weight
-        return on_grad
+    def score(self, first: int, per_head: bool, g: torch.Tensor) -> None:
+        """Add the scores of the edges into receiver `first` (and, per head, its layer's other heads of that kind)
+        from the gradient g at their input: [batch, pos, head, d_model] or [batch, pos, d_model]."""
+        assert self.delta is not None
+        layout = self.layout
+        with torch.no_grad():
+            r = layout.receivers[first]
+            up = self.delta[: r.n_up]  # [n_up, batch, pos, d_model], contiguous
+            flat = up.reshape(r.n_up, -1)  # [n_up, batch * pos * d_model]: one matrix product per receiver
+            g = g.to(up.dtype)
+            if per_head:  # receivers first, first + 3, ... (Q/K/V interleaved)
+                heads = g.permute(2, 0, 1, 3).reshape(g.shape[2], -1)  # [head, batch * pos * d_model]
+                s = (flat @ heads.T).T.double() * self.weight  # [head, n_up]
+                for h in range(layout.n_heads):
+                    at = layout.offsets[first + 3 * h]
+                    self.edges[at:at + r.n_up] += s[h]
+                if self.nodes is not None:
+                    self.nodes[: r.n_up] += torch.einsum("sbpd,bphd->sp", up, g).double() * self.weight
+            else:
+                at = layout.offsets[first]
+                self.edges[at:at + r.n_up] += (flat @ g.reshape(-1)).double() * self.weight
+                if self.nodes is not None:
+                    self.nodes[: r.n_up] += torch.einsum("sbpd,bpd->sp", up, g).double() * self.weight
+
+
+def norm_backward(norm, g: torch.Tensor, normalized: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The gradient at a normalisation's input from the gradient g [batch, pos, head, d_model] at its output
+    (per head: each head's copy of the input), given the run's normalised input [batch, pos, d_model] and scale
+    [batch, pos, 1]: g' = w g; (g' - mean(g') - x_hat mean(g' x_hat)) / scale for LayerNorm (no mean(g')
+    for RMSNorm); g itself without normalisation."""
+    if norm.kind is None:
+        return g
+    w = getattr(norm, "w", None)
+    if w is not None:
+        g = g * w.detach()
+    x_hat, s = normalized[:, :, None], scale[:, :, None]
+    out = g - x_hat * (g * x_hat).mean(-1, keepdim=True)
+    if norm.kind in ("LN", "LNPre"):
+        out = out - g.mean(-1, keepdim=True)
+    return out / s
+
+
+def _head_input_hooks(model, layout: Layout, scorer: _Scorer) -> list:
+    """Hooks that score the Q/K/V edges from the gradients at each head's q, k and v, carried back through the
+    projection and the layer's normalisation by hand, so that no per-head copy of the input is made."""
+    cfg = model.cfg
+    hooks: list = []
+    firsts = {(r.layer, r.kind): i for i, r in enumerate(layout.receivers) if r.head == 0}
+    for layer in range(cfg.n_layers):
+        attn, ln = model.blocks[layer].attn, model.blocks[layer].ln1
+        stats: dict[str, torch.Tensor] = {}
+        if ln.kind is not None:
+            for what in ("normalized", "scale"):
+                hooks.append((f"blocks.{layer}.ln1.hook_{what}", _keep(stats, what)))
+        for kind in ("Q", "K", "V"):
+            W = getattr(attn, f"W_{kind}").detach()  # [head or kv head, d_model, d_head]
+            W = W.repeat_interleave(cfg.n_heads // W.shape[0], 0)
+
+            def on_grad(dq: torch.Tensor, W=W, ln=ln, stats=stats, first=firsts[(layer, kind)]) -> None:
+                with torch.no_grad():
+                    g = torch.einsum("bphe,hde->bphd", dq, W)  # [batch, pos, head, d_model] at the normalised input
+                    if ln.kind is not None:
+                        g = norm_backward(ln, g, stats["normalized"], stats["scale"])
+                scorer.score(first, True, g)
+            hooks.append((f"blocks.{layer}.attn.hook_{kind.lower()}", _watch(on_grad)))
+    return hooks
+
+
+def _keep(stats: dict, what: str):
+    def hook(x, hook):
+        stats[what] = x.detach()
+        return x
+    return hook
 
 
 def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: int, sign: float,
@@ -237,8 +289,13 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
             hooks += [(n, _mix(alpha, corrupted_inputs[n])) for n in names]
         else:
             run_out = clean
+        mixing = method == "eap-ig-act"  # mixes each head's own input: per-head inputs are made
+        if not mixing:
+            hooks += _head_input_hooks(model, layout, scorer)
         for name, first in receiver_hook_names(cfg, layout):
             per_head = layout.receivers[first].kind in ("Q", "K", "V")
+            if per_head and not mixing:
+                continue
             hooks.append((name, _watch(scorer.grad_hook(first, per_head))))
         with torch.enable_grad(), model.hooks(hooks):
             logits = model(clean_tokens)  # fills run_out when the run's own sender outputs are scored
