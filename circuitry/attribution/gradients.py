@@ -56,6 +56,8 @@ class GradientScores:
     node_positions: torch.Tensor | None
     n_passes: int
     chunk: int
+    metric_clean: float = float("nan")  # the metric on the clean and the corrupted prompts (from the same runs)
+    metric_corrupted: float = float("nan")
 
 
 def row_bytes(cfg, layout: Layout, pos: int) -> int:
@@ -141,6 +143,7 @@ class _Scorer:
         self.delta: torch.Tensor | None = None  # [sender, batch, pos, d_model]
         self.weight = 1.0
         self.at: torch.Tensor | None = None  # [batch, pos] bool: the positions whose differences count
+        self.rows = 1  # rows of the whole batch
 
     def grad_hook(self, first: int, per_head: bool) -> Callable[[torch.Tensor], None]:
         """The backward hook of one receiver input tensor (all heads of a layer for Q/K/V)."""
@@ -236,9 +239,11 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
     b, p = batch.tokens.shape
     chunk = chunk_rows(cfg, layout, b, p, memory_budget)
     scorer = _Scorer(layout, p, model.device, per_position)
+    scorer.rows = b
     n_runs = 1 if method == "eap" else steps
     total = -(-b // chunk) * n_runs
     done = passes = 0
+    values = [0.0, 0.0]  # the metric on the clean and corrupted prompts: a mean over rows, chunk by chunk
     with torch.inference_mode(False):  # tensors made in inference mode cannot take part in autograd: copies
         batch = batch.map_tensors(lambda t: t.clone())
         at = None if at is None else at.clone().to(model.device)
@@ -246,16 +251,18 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
         part = batch.select(slice(start, start + chunk))
         scorer.weight = sign * part.tokens.shape[0] / b / n_runs  # chunks and runs: a mean over both
         scorer.at = None if at is None else at[start:start + chunk]
-        passes += _chunk(model, part, metric_tensor, method, n_runs, layout, scorer)
+        passes += _chunk(model, part, metric_tensor, method, n_runs, layout, scorer, values)
         done += n_runs
         if progress is not None:
             progress(done, total)
-    return GradientScores(scorer.edges.cpu(), None if scorer.nodes is None else scorer.nodes.cpu(), passes, chunk)
+    return GradientScores(scorer.edges.cpu(), None if scorer.nodes is None else scorer.nodes.cpu(), passes, chunk,
+                          *values)
 
 
-def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layout: Layout,
-           scorer: _Scorer) -> int:
-    """Score one chunk of rows; the number of forward passes run."""
+def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layout: Layout,  # noqa: C901
+           scorer: _Scorer, values: list[float]) -> int:
+    """Score one chunk of rows (adding its share of the clean and corrupted metric to `values`); the number of
+    forward passes run."""
     cfg = model.cfg
     clean_tokens, corrupted_tokens = model.check_tokens(part.tokens), model.check_tokens(part.corrupted)
     stash: dict[str, torch.Tensor] = {}
@@ -270,9 +277,20 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
     corrupted = torch.zeros_like(clean)
     with torch.no_grad(), model.hooks([*_capture_hooks(model, layout, corrupted),
                                        *((n, keep_inputs) for n in names if method == "eap-ig-act")]):
-        model(corrupted_tokens)
+        corrupted_logits = model(corrupted_tokens)
     clean_logits = stash["logits"]
+    share = part.tokens.shape[0] / scorer.rows
+    with torch.no_grad():
+        values[0] += float(metric_tensor(clean_logits, part, clean_logits)) * share
+        values[1] += float(metric_tensor(corrupted_logits, part, clean_logits)) * share
+    del corrupted_logits
     e_clean, e_corr = clean[0].clone(), corrupted[0].clone()  # token embeddings (sender 0) [batch, pos, d_model]
+    fixed = None
+    if method != "eap-ig-act":  # the senders' differences are the same in every run: made once, in place
+        fixed = clean.sub_(corrupted)
+        del corrupted
+        if scorer.at is not None:
+            fixed.mul_(scorer.at[None, :, :, None])
     passes = 2
     for k in range(1, n_runs + 1):
         hooks: list = []
@@ -288,7 +306,7 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
             hooks += _capture_hooks(model, layout, run_out)
             hooks += [(n, _mix(alpha, corrupted_inputs[n])) for n in names]
         else:
-            run_out = clean
+            run_out = clean  # (for eap and eap-ig, `fixed` holds the differences instead)
         mixing = method == "eap-ig-act"  # mixes each head's own input: per-head inputs are made
         if not mixing:
             hooks += _head_input_hooks(model, layout, scorer)
@@ -299,9 +317,12 @@ def _chunk(model, part, metric_tensor: Callable, method: str, n_runs: int, layou
             hooks.append((name, _watch(scorer.grad_hook(first, per_head))))
         with torch.enable_grad(), model.hooks(hooks):
             logits = model(clean_tokens)  # fills run_out when the run's own sender outputs are scored
-            scorer.delta = run_out - corrupted  # read by the gradient hooks during the backward pass below
-            if scorer.at is not None:
-                scorer.delta = scorer.delta * scorer.at[None, :, :, None]
+            if fixed is not None:
+                scorer.delta = fixed
+            else:  # read by the gradient hooks during the backward pass below
+                scorer.delta = run_out - corrupted
+                if scorer.at is not None:
+                    scorer.delta = scorer.delta * scorer.at[None, :, :, None]
             value = metric_tensor(logits, part, clean_logits)
             if not isinstance(value, torch.Tensor) or not value.requires_grad:
                 raise UsageError("the metric does not depend on the logits through autograd, so it has no "

@@ -56,12 +56,13 @@ def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", 
     layout.check(model.cfg)
     start = time.perf_counter()
     model.eval()
-    with torch.no_grad():
-        clean_logits = model(batch.tokens)
-        clean = float(record.compute(clean_logits, batch, clean_logits))
-        corrupted = float(record.compute(model(batch.corrupted), batch, clean_logits))
     if method == "exact":
+        with torch.no_grad():
+            clean_logits = model(batch.tokens)
+            clean = float(record.compute(clean_logits, batch, clean_logits))
+            corrupted = float(record.compute(model(batch.corrupted), batch, clean_logits))
         scores, passes = exact_scores(model, batch, record.compute, sign, level, memory_budget, progress, at)
+        passes += 2
         edge_scores = scores if level == "edges" else None
         if level == "edges":
             node_scores, more = exact_scores(model, batch, record.compute, sign, "nodes", memory_budget, at=at)
@@ -78,6 +79,7 @@ def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", 
                             per_position)
         edge_scores, node_positions, passes = g.edges, g.node_positions, g.n_passes
         node_scores = layout.node_sums(edge_scores)
+        clean, corrupted = g.metric_clean, g.metric_corrupted
     return AttributionResult(method, metric, layout, edge_scores, node_scores, node_positions,
                              position_labels(batch) if node_positions is not None else (), clean, corrupted,
                              steps if method not in ("eap", "exact") else None, passes,
