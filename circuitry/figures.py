@@ -446,3 +446,50 @@ def _finite_range(t: Any) -> tuple[float, float]:
     lo, hi = float(finite.min()), float(finite.max())
     m = max(abs(lo), abs(hi)) or 1.0
     return (-m, m) if lo < 0 else (0.0, m)
+
+
+def attribution_grids(result: Any) -> tuple[Grid, ...]:
+    """The heatmaps of one `circuitry.attribution.AttributionResult`: every head's node score [layer, head];
+    per edge kind Q, K, V, the head-to-head edge scores [sender head, receiver head]; with per-position node
+    scores, the heads' scores by position [head, pos]."""
+    import torch
+
+    layout, method = result.layout, result.method
+    n_layers, n_heads = layout.n_layers, layout.n_heads
+    heads = [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)]
+    note = f"{method}; {result.metric} clean {result.clean:.4g}, corrupted {result.corrupted:.4g}; positive: helps"
+    nodes = torch.tensor([[float(result.node_scores[layout.index[f"L{l}H{h}"]]) for h in range(n_heads)]
+                          for l in range(n_layers)], dtype=torch.float64)
+    grids = [Grid(f"attribution-{method}-heads", "patching", f"{method}: head scores", _rows(nodes),
+                  tuple(f"L{l}" for l in range(n_layers)), tuple(f"H{h}" for h in range(n_heads)), "layer", "head",
+                  _finite_range(nodes), note=note)]
+    if result.edge_scores is not None:
+        for kind in ("Q", "K", "V"):
+            t = torch.full((len(heads), len(heads)), float("nan"), dtype=torch.float64)
+            for i, s in enumerate(heads):
+                for j, r in enumerate(heads):
+                    k = layout.edge_index.get(_edge(s, r, kind))
+                    if k is not None:
+                        t[i, j] = float(result.edge_scores[k])
+            if bool(torch.isfinite(t).any()):
+                grids.append(Grid(f"attribution-{method}-{kind}", "patching", f"{method}: {kind} edges between heads",
+                                  _rows(t), tuple(heads), tuple(heads), "sender", "receiver", _finite_range(t),
+                                  note=note))
+    if result.node_positions is not None:
+        t = torch.stack([result.node_positions[layout.index[h]] for h in heads]).double()
+        grids.append(Grid(f"attribution-{method}-positions", "patching", f"{method}: head scores by position",
+                          _rows(t), tuple(heads), tuple(result.positions), "head", "position", _finite_range(t),
+                          note=note))
+    return tuple(grids)
+
+
+def _edge(sender: str, receiver: str, kind: str):
+    from circuitry.names import Edge
+
+    return Edge(sender, receiver, kind)
+
+
+def figures_for_attribution(result: Any, model: str, data: str) -> Figures:
+    """The page of `circuitry attribute`: the attribution scores as heatmaps."""
+    return Figures(title=f"attribution patching of {model} ({result.method})", model=model, data=data,
+                   patching=attribution_grids(result))

@@ -107,3 +107,14 @@ def test_discover_by_eap_ig_writes_a_spec_that_verifies(tmp_path, capsys):
     assert abs(points[-1]["faithfulness"] - 1) < 1e-5 and 0 <= how["curve"]["cmd"] <= 1
     assert doc["recovered"] >= 0.8 and len(doc["edges"]) == len(how["scores"]) <= 23  # prune keeps 23
     assert main(["verify", str(spec)]) == 0
+
+
+def test_html_draws_the_scores(tmp_path, capsys):
+    page = tmp_path / "a.html"
+    assert main(["attribute", "builtin:attn-only-2l", "--task", TASK, "--method", "eap", "--per-position",
+                 "--html", str(page), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    html = page.read_text()
+    for grid in ("heads", "Q", "K", "V", "positions"):
+        assert f'data-grid="attribution-eap-{grid}"' in html
+    assert f"{doc['nodes']['L1H3']:.3g}" in html or "L1H3" in html

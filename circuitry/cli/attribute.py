@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=15, metavar="K", help="strongest edges and nodes listed (default 15)")
     p.add_argument("--per-position", action="store_true", help="also list node scores by position")
     p.add_argument("--json", action="store_true", help="print one JSON document (every score)")
+    p.add_argument("--html", default=None, metavar="FILE.html",
+                   help="also write the scores as heatmaps (head scores, head-to-head Q/K/V edges, by position)")
     p.add_argument("--graph", default=None, metavar="FILE",
                    help="also write the residual graph with the scores as attributes (.json, .graphml or .dot)")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace, out) -> int:
 
     if args.graph:
         check_output(args.graph, "--graph", (".json", ".graphml", ".dot"))
+    if args.html:
+        check_output(args.html, "--html", (".html",))
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     if args.steps is not None and (args.steps < 1 or args.method in ("eap", "exact")):
@@ -91,6 +95,12 @@ def run(args: argparse.Namespace, out) -> int:
         suffix = args.graph.rsplit(".", 1)[-1]
         {"json": graph.write_json, "graphml": graph.write_graphml, "dot": graph.write_dot}[suffix](args.graph)
         out.info(f"wrote {args.graph}")
+    if args.html:
+        from circuitry.figures import figures_for_attribution
+        from circuitry.report.html import write_html
+
+        write_html(figures_for_attribution(result, args.model, batch.description), args.html)
+        out.info(f"wrote {args.html}")
     if args.json:
         from circuitry.jsonable import finite_tree
 
