@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, out) -> int:
             doc["attribution"] = how.to_json()
         out.json(doc)
         return 0
-    render(circuit, out)
+    render(circuit, out, attributed=how is not None)
     if how is not None:
         render_curve(how, out)
         if args.plot:
@@ -148,7 +148,7 @@ def refuse(finding, args: argparse.Namespace, out) -> int:
     return finding.exit_code
 
 
-def render(circuit, out) -> None:
+def render(circuit, out, attributed: bool = False) -> None:
     from rich.table import Table
 
     def pct(x):
@@ -179,6 +179,10 @@ def render(circuit, out) -> None:
               f"{circuit.metric_ablated:.4f}, circuit {circuit.metric_circuit:.4f}; recovered "
               f"{circuit.recovered_nodes:.3f} (nodes), {circuit.recovered:.3f} (nodes and edges); target "
               f"{circuit.target:g}")
-    out.print(f"{len(circuit.rounds)} pruning rounds, {circuit.interventions} interventions in "
-              f"{circuit.prune_passes} forward passes ({circuit.method}); {circuit.total_passes} passes in all, "
-              f"{circuit.seconds:.2f} s")
+    if attributed:
+        out.print(f"{circuit.prune_passes} circuit runs (the curve, the bisection and the effects); "
+                  f"{circuit.total_passes} forward passes in all, {circuit.seconds:.2f} s")
+    else:
+        out.print(f"{len(circuit.rounds)} pruning rounds, {circuit.interventions} interventions in "
+                  f"{circuit.prune_passes} forward passes ({circuit.method}); {circuit.total_passes} passes in "
+                  f"all, {circuit.seconds:.2f} s")
