@@ -512,19 +512,22 @@ def test_loss_counts_lower_as_better(setups):
 # batches with 5 steps: attn-only-2l 0.9967 / 0.9989 / 9 / 5, ioi-toy 0.9428 / 0.9802 / 8 / 5, neox-induction
 # 0.8269 / 0.8954 / 9 / 5 (EAP without integration, for comparison: 0.934 / 0.987 / 9 / 5, 0.798 / -0.025 / 7 / 5 --
 # the token embeddings' node, exact 8.58, EAP -1.27 --, and 0.660 / 0.765 / 8 / 4). neox-induction stays under 0.9:
-# its parallel blocks and layer norms make single edges less linear. ioi-toy: exact patching of 402 edges on 100
-# prompts, about 12 s.
+# its parallel blocks and layer norms make single edges less linear. With the loss on the repeated tokens, the
+# induction metric of the task plugin and of specs/induction*.yaml, neox-induction measures 0.975 / 0.929 / 9 and
+# attn-only-2l 0.993 / 0.957 / 9. ioi-toy: exact patching of 402 edges on 100 prompts, about 12 s.
 AGREEMENT = [
-    pytest.param("attn", (0.99, 0.99, 8, 5), id="attn"),
-    pytest.param("ioi", (0.9, 0.95, 7, 5), id="ioi", marks=pytest.mark.slow),
-    pytest.param("neox", (0.8, 0.85, 7, 5), id="neox"),
+    pytest.param("attn", "logit_diff", (0.99, 0.99, 8, 5), id="attn"),
+    pytest.param("attn", "loss", (0.95, 0.9, 7, 4), id="attn-loss"),
+    pytest.param("ioi", "logit_diff", (0.9, 0.95, 7, 5), id="ioi", marks=pytest.mark.slow),
+    pytest.param("neox", "logit_diff", (0.8, 0.85, 7, 5), id="neox"),
+    pytest.param("neox", "loss", (0.9, 0.9, 7, 4), id="neox-loss"),
 ]
 
 
-@pytest.mark.parametrize("which,least", AGREEMENT)
-def test_eap_ig_agrees_with_exact_patching(setups, which, least):
-    exact = setups.result(which, None, method="exact")
-    ig = setups.result(which, None, method="eap-ig", steps=5)
+@pytest.mark.parametrize("which,metric,least", AGREEMENT)
+def test_eap_ig_agrees_with_exact_patching(setups, which, metric, least):
+    exact = setups.result(which, None, method="exact", metric=metric)
+    ig = setups.result(which, None, method="eap-ig", steps=5, metric=metric)
     measured = (pearson(ig.edge_scores, exact.edge_scores), pearson(ig.node_scores, exact.node_scores),
                 top_overlap(ig.edge_scores, exact.edge_scores, 10), top_overlap(ig.node_scores, exact.node_scores, 5))
     assert all(m >= bound for m, bound in zip(measured, least)), f"{which}: measured {measured}, least {least}"
