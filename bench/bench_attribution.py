@@ -189,23 +189,10 @@ def measure(job: str, args) -> dict:
 
 def exact_sample(model, batch, layout: Layout, sample: list[int], metric) -> dict:
     """Setup (clean and corrupted cached runs for every edge) and one naive patched pass per sampled edge."""
-    from circuitry.interventions import Edge as IEdge
-    from circuitry.interventions import (
-        EdgePatch,
-        Node,
-        clean_run,
-        patched_site_names,
-        reference_run,
-        run_interventions,
-    )
-    from circuitry.interventions.targets import sender_of
+    from circuitry.attribution.exact import edge_patches
+    from circuitry.interventions import clean_run, patched_site_names, reference_run, run_interventions
 
-    def patch(i: int) -> EdgePatch:
-        e = layout.edges[i]
-        receiver = None if e.kind == "direct" else Node.parse(e.receiver)
-        return EdgePatch(IEdge(sender_of(e.sender), receiver, e.kind), "corrupted")
-
-    items = [patch(i) for i in range(len(layout.edges))]
+    items = edge_patches(layout)
     t0 = time.perf_counter()
     clean = clean_run(model, batch.tokens, patterns=False, extra=patched_site_names(items))
     reference = reference_run(model, batch.corrupted, items)

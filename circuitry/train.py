@@ -37,6 +37,22 @@ from circuitry.model import HookedTransformer, ModelConfig, save_model
 from circuitry.model.io import require_memory
 
 
+def check_run_options(recipe) -> None:
+    """The options every training recipe has (steps, sizes, batch, seed, weight decay, checkpoints): a
+    UsageError in the command line's words for the first that is out of range."""
+    for name in ("steps", "n_layers", "n_heads", "d_model", "batch"):
+        if getattr(recipe, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(recipe, name)}")
+    if recipe.d_model % recipe.n_heads:
+        raise UsageError(f"--d-model ({recipe.d_model}) must be a multiple of --heads ({recipe.n_heads})")
+    if not 0 <= recipe.seed < 2**63 - 1:
+        raise UsageError(f"--seed must lie in 0..{2**63 - 2}, got {recipe.seed}")
+    if not 0 <= recipe.weight_decay < float("inf"):
+        raise UsageError(f"--weight-decay must be a finite number >= 0, got {recipe.weight_decay}")
+    if recipe.checkpoint_every is not None and recipe.checkpoint_every < 1:
+        raise UsageError("--checkpoint-every must be >= 1")
+
+
 @dataclass(frozen=True)
 class TrainRecipe:
     """Everything that determines a training run (with the seed, the run is reproducible)."""
@@ -57,17 +73,7 @@ class TrainRecipe:
     checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "n_layers", "n_heads", "d_model", "batch"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise UsageError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.n_heads})")
-        if not 0 <= self.seed < 2**63 - 1:
-            raise UsageError(f"--seed must lie in 0..{2**63 - 2}, got {self.seed}")
-        if not 0 <= self.weight_decay < float("inf"):
-            raise UsageError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise UsageError("--checkpoint-every must be >= 1")
+        check_run_options(self)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(

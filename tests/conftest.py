@@ -24,6 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "circuitry-tests-hypothesis"))
 
 
+@pytest.fixture
+def two_threads():
+    """At most two torch threads for the test (tiny models: more threads only add scheduling noise)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-import torch
+from doc_pages import blocks as doc_blocks
+from doc_pages import run_python_blocks
 
 from circuitry.cli import main
 
@@ -16,22 +16,15 @@ DOC = REPO / "docs" / "ioi-toy.md"
 
 
 def blocks(kind: str) -> list[str]:
-    return re.findall(rf"^```{kind}\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+    return doc_blocks(DOC, kind)
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def test_the_tour_runs(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    namespace: dict = {"__name__": "ioi_tour"}
-    for i, block in enumerate(blocks("python")):
-        exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)  # noqa: S102 - the docs' own examples
+    run_python_blocks(DOC, "ioi_tour")
     out = capsys.readouterr().out
     assert "prediction: Mary" in out and "L0H0 at S2" in out and "faithful" in out
 

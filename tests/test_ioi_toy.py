@@ -35,12 +35,7 @@ HERE = Path(circuitry.__file__).parent / "builtin" / "ioi-toy"
 TOL = 0.01
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
+from doc_pages import blocks as doc_blocks
+from doc_pages import run_python_blocks
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "tasks.md"
 
 
 def blocks(kind: str) -> list[str]:
-    return re.findall(rf"^```{kind}\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+    return doc_blocks(DOC, kind)
 
 
 def test_tasks_tour_runs(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    namespace: dict = {"__name__": "tasks_tour"}
-    for i, block in enumerate(blocks("python")):
-        exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)  # noqa: S102 - the docs' own examples
+    run_python_blocks(DOC, "tasks_tour")
     out = capsys.readouterr().out
     assert "logit difference: clean" in out and "L1H3" in out
 

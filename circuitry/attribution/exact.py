@@ -28,17 +28,22 @@ from circuitry.interventions.targets import sender_of
 from circuitry.names import EMBED, POS_EMBED
 
 
+def edge_patches(layout: Layout, at: torch.Tensor | None = None) -> list[EdgePatch]:
+    """The path patch of every edge of `layout` from the corrupted run (method `corrupted`), in edge order."""
+    return [EdgePatch(IEdge(sender_of(e.sender), None if e.kind == "direct" else Node.parse(e.receiver), e.kind),
+                      "corrupted", at=at) for e in layout.edges]
+
+
 def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory_budget: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 at: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """(scores, forward passes): [n_edges] in `Layout.edges` order (level "edges") or [n_senders] in
-    `Layout.senders` order (level "nodes"). metric(logits, batch, clean_logits) -> float. at [batch, pos]
-    (bool): patch at those positions only."""
+                 at: torch.Tensor | None = None) -> tuple[torch.Tensor, int, float, float]:
+    """(scores, forward passes, metric on the clean run, metric on the corrupted run): scores [n_edges] in
+    `Layout.edges` order (level "edges") or [n_senders] in `Layout.senders` order (level "nodes").
+    metric(logits, batch, clean_logits) -> float. at [batch, pos] (bool): patch at those positions only."""
     layout = Layout.of(model.cfg)
     tokens, corrupted = model.check_tokens(batch.tokens), model.check_tokens(batch.corrupted)
     if level == "edges":
-        items: list = [EdgePatch(IEdge(sender_of(e.sender), None if e.kind == "direct" else Node.parse(e.receiver),
-                                       e.kind), "corrupted", at=at) for e in layout.edges]
+        items: list = edge_patches(layout, at)
         names = list(range(len(items)))
     else:
         names = [i for i, n in enumerate(layout.senders) if n not in (EMBED, POS_EMBED)]
@@ -65,4 +70,4 @@ def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory
             logits = model.run_with_hooks(tokens, [("hook_embed", lambda x, hook: e_corr)])
         out[layout.index[EMBED]] = sign * (base - value(logits, None))
         passes += 1
-    return out, passes
+    return out, passes, base, float(metric(reference.logits, batch, clean.logits))

@@ -78,19 +78,19 @@ def chunk_rows(cfg, layout: Layout, batch: int, pos: int, budget: int | None) ->
     return max(1, min(batch, limit // one))
 
 
-def sender_outputs(model, tokens: torch.Tensor, layout: Layout, embed: torch.Tensor | None = None,
+def sender_outputs(model, tokens: torch.Tensor, layout: Layout,
                    extra: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Every sender's output [sender, batch, pos, d_model] on `tokens` (no gradients)."""
     b, p = tokens.shape
     out = torch.zeros(len(layout.senders), b, p, model.cfg.d_model, device=model.device)
-    with torch.no_grad(), model.hooks(_capture_hooks(model, layout, out, embed)):
+    with torch.no_grad(), model.hooks(_capture_hooks(model, layout, out)):
         logits = model(tokens)
     if extra is not None:
         extra(logits)
     return out
 
 
-def _capture_hooks(model, layout: Layout, out: torch.Tensor, embed: torch.Tensor | None = None) -> list:
+def _capture_hooks(model, layout: Layout, out: torch.Tensor) -> list:
     """Hooks that write every sender's output into out [sender, batch, pos, d_model] (detached; sender-major,
     so that the senders a receiver reads are one contiguous block)."""
     cfg = model.cfg

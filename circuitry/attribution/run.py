@@ -57,15 +57,11 @@ def attribute(model, batch, metric: str = "logit_diff", method: str = "eap-ig", 
     start = time.perf_counter()
     model.eval()
     if method == "exact":
-        with torch.no_grad():
-            clean_logits = model(batch.tokens)
-            clean = float(record.compute(clean_logits, batch, clean_logits))
-            corrupted = float(record.compute(model(batch.corrupted), batch, clean_logits))
-        scores, passes = exact_scores(model, batch, record.compute, sign, level, memory_budget, progress, at)
-        passes += 2
+        scores, passes, clean, corrupted = exact_scores(model, batch, record.compute, sign, level, memory_budget,
+                                                        progress, at)
         edge_scores = scores if level == "edges" else None
         if level == "edges":
-            node_scores, more = exact_scores(model, batch, record.compute, sign, "nodes", memory_budget, at=at)
+            node_scores, more, _, _ = exact_scores(model, batch, record.compute, sign, "nodes", memory_budget, at=at)
             passes += more
         else:
             node_scores = scores

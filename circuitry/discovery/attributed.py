@@ -79,21 +79,17 @@ def discover_attributed(model: HookedTransformer, task: str | Path | Task | Task
     """The circuit of `task` found by attribution (see the module docstring) and how it was chosen."""
     _check_options(target, margin, "batched")
     manager = manager or get_manager()
-    resolved = resolve_task(task, manager)
-    check_task_data(resolved, data)
-    metric = _require(manager, resolved)
     say = progress or (lambda message: None)
     start = time.perf_counter()
     model.eval()
     given = model_ref or model.source or model.cfg.name or "model"
     ref = absolute_model(given)
     with _count_passes(model) as passes:
+        setup, batch = _task_setup(model, task, data, manager)
+        metric = setup.metric
         with torch.inference_mode():
-            setup = _file_setup(model, resolved, metric, data) if isinstance(resolved, TaskFile) else \
-                _plugin_setup(model, resolved, metric, data, manager)  # type: ignore[arg-type]
             say("detectors: scoring every head")
             head_scores, pair_scores = _scores(model, setup.batch, _detectors(manager))
-        batch = setup.batch if setup.task_file else paired(setup.batch, setup.reference, setup.task)
         say(f"attribution: {method} over every edge")
         t0 = time.perf_counter()
         scores = attribute(model, batch, metric.name, method, steps=steps, manager=manager)
@@ -104,7 +100,7 @@ def discover_attributed(model: HookedTransformer, task: str | Path | Task | Task
         say("faithfulness curve: exact circuit runs")
         found_curve = curve(runner, edge_scores)
         say("the smallest circuit that reaches the target")
-        mask, faithful = smallest_circuit(runner, edge_scores, target, found_curve.points)
+        mask, _ = smallest_circuit(runner, edge_scores, target, found_curve.points)
         attribution_seconds = time.perf_counter() - t0
         circuit = _circuit(model, setup, runner, mask, scores, head_scores, pair_scores.get("composition"),
                            target, margin, role_threshold, given, ref, name, say)
@@ -125,7 +121,8 @@ def _circuit(model, setup: Setup, runner: CircuitRunner, mask: torch.Tensor, sco
     edges = [e for e, k in zip(layout.edges, mask.tolist()) if k]
     touched = {x for e in edges for x in (e.sender, e.receiver)} - {EMBED, POS_EMBED, LOGITS}
     nodes = sorted((Node.parse(n) for n in touched), key=node_key)
-    full = runner.faithfulness(runner.run(mask))
+    metric_circuit = runner.run(mask)
+    full = runner.faithfulness(metric_circuit)
     say("effects: each node and edge removed from the circuit")
 
     def without(drop: Callable) -> float:
@@ -144,7 +141,6 @@ def _circuit(model, setup: Setup, runner: CircuitRunner, mask: torch.Tensor, sco
     inside = {*touched, EMBED, POS_EMBED, LOGITS}
     node_mask = torch.tensor([e.sender in inside and e.receiver in inside for e in layout.edges])
     metric_nodes = runner.run(node_mask)
-    metric_circuit = runner.run(mask)
     ratio = _ratio_of(comp)
 
     def composition(e) -> float | None:
@@ -194,16 +190,22 @@ def _with_attribution(spec_text: str, how: Attribution, circuit: Circuit) -> str
     return "\n".join(head + body) + "\n"
 
 
-def task_batch(model: HookedTransformer, task: str | Path | Task | TaskFile,
-               data: str | Mapping[str, Any] | None = None, manager: PluginManager | None = None):
-    """(contrastive batch, task name, metric record) of a task file or a task plugin (its data paired row by
-    row with its reference data) on `model`, for attribution."""
-    manager = manager or get_manager()
+def _task_setup(model: HookedTransformer, task: str | Path | Task | TaskFile, data: str | Mapping[str, Any] | None,
+                manager: PluginManager) -> tuple[Setup, Any]:
+    """(the discovery setup of a task file or plugin, its contrastive batch: a task file's own, or a plugin's data
+    paired row by row with its reference data)."""
     resolved = resolve_task(task, manager)
     check_task_data(resolved, data)
     metric = _require(manager, resolved)
     with torch.inference_mode():
         setup = _file_setup(model, resolved, metric, data) if isinstance(resolved, TaskFile) else \
-            _plugin_setup(model, resolved, metric, data, manager)  # type: ignore[arg-type]
-    batch = setup.batch if setup.task_file else paired(setup.batch, setup.reference, setup.task)
-    return batch, setup.task, metric
+            _plugin_setup(model, resolved, metric, data, manager)
+    return setup, setup.batch if setup.task_file else paired(setup.batch, setup.reference, setup.task)
+
+
+def task_batch(model: HookedTransformer, task: str | Path | Task | TaskFile,
+               data: str | Mapping[str, Any] | None = None, manager: PluginManager | None = None):
+    """(contrastive batch, task name, metric record) of a task file or a task plugin on `model`, for
+    attribution."""
+    setup, batch = _task_setup(model, task, data, manager or get_manager())
+    return batch, setup.task, setup.metric

@@ -24,6 +24,7 @@ from circuitry.ioi.batches import loss_weights, prompt_batch
 from circuitry.ioi.language import TEMPLATE_SETS, ioi_tokenizer, max_length, sample_prompts
 from circuitry.model import HookedTransformer, ModelConfig
 from circuitry.model.io import require_memory
+from circuitry.train import check_run_options
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,7 @@ class IOIRecipe:
     checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "n_layers", "n_heads", "d_model", "batch"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise UsageError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.n_heads})")
-        if not 0 <= self.seed < 2**63 - 1:
-            raise UsageError(f"--seed must lie in 0..{2**63 - 2}, got {self.seed}")
-        if not 0 <= self.weight_decay < float("inf"):
-            raise UsageError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        check_run_options(self)
         if not 0 < self.answer_weight < float("inf") or not 0 <= self.context_weight < float("inf"):
             raise UsageError(f"--answer-weight must be a finite number > 0, got {self.answer_weight} (and the "
                              f"context weight finite and >= 0, got {self.context_weight})")
@@ -70,8 +63,6 @@ class IOIRecipe:
             raise UsageError(f"max_prefix must lie in 0..64, got {self.max_prefix}")
         if self.templates not in TEMPLATE_SETS:
             raise UsageError(f"--templates must be one of {', '.join(TEMPLATE_SETS)}, got {self.templates!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise UsageError("--checkpoint-every must be >= 1")
 
     def model_config(self) -> ModelConfig:
         tok = ioi_tokenizer()
