@@ -95,7 +95,8 @@ class ModelSource:
 
     scheme: the prefix before ':' in references (`builtin:attn-only-2l`); the
     source with scheme "file" also takes plain paths.
-    load(rest, device) receives the reference without its scheme.
+    load(rest, device) receives the reference without its scheme; a source that also takes a
+    `dtype` keyword (a torch dtype, or None for float32) builds the model in that dtype directly.
     names(): the models this source can list (may be empty).
     """
 

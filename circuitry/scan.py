@@ -35,21 +35,20 @@ class ScanResult:
         L, H = next(iter(self.heads.values())).shape if self.heads else (0, 0)
         return [head_name(l, h) for l in range(L) for h in range(H)]
 
-    def pair_list(self, name: str, kind: str) -> list[dict]:
+    def pair_list(self, name: str, kind: str, top: int | None = None) -> list[dict]:
         """[{"from", "to", "score", "baseline"}] of one pair detector and kind, strongest first
-        (NaN scores last; ties in layer and head order)."""
+        (NaN scores last; ties in layer and head order); the first `top` rows only when given."""
         ps = self.pairs[name]
-        s = ps.scores[kind]
+        s = torch.as_tensor(ps.scores[kind]).detach().float().cpu()  # [layer, head, layer, head]
         L, H = s.shape[:2]
-        rows = []
-        for l1 in range(L):
-            for h1 in range(H):
-                for l2 in range(l1 + 1, L):
-                    for h2 in range(H):
-                        v = float(s[l1, h1, l2, h2])
-                        rows.append({"from": head_name(l1, h1), "to": head_name(l2, h2), "score": v,
-                                     "baseline": ps.baseline[kind]})
-        return strongest_first(rows)
+        layer = torch.arange(L * H) // H
+        sender, receiver = torch.nonzero(layer[:, None] < layer[None, :], as_tuple=True)  # pairs in stream order
+        values = s.reshape(L * H, L * H)[sender, receiver]
+        order = strongest_order(values)[:top]
+        names = [head_name(l, h) for l in range(L) for h in range(H)]
+        base = ps.baseline[kind]
+        return [{"from": names[i], "to": names[j], "score": v, "baseline": base}
+                for i, j, v in zip(sender[order].tolist(), receiver[order].tolist(), values[order].tolist())]
 
     def to_json(self) -> dict:
         """The strict-JSON document of `scan --json`: a score or baseline that is NaN or infinite
@@ -69,6 +68,14 @@ class ScanResult:
 def strongest_first(rows: list[dict], key: str = "score") -> list[dict]:
     """rows sorted by row[key], largest first, NaN last; the sort is stable, so ties keep their order."""
     return sorted(rows, key=lambda r: (math.isnan(r[key]), -r[key] if not math.isnan(r[key]) else 0.0))
+
+
+def strongest_order(values: torch.Tensor) -> torch.Tensor:
+    """The indices that sort values [n] as `strongest_first` sorts rows: largest first, NaN last,
+    ties in index order."""
+    nan = torch.isnan(values)
+    order = torch.sort(torch.where(nan, 0.0, -values.double()), stable=True).indices
+    return order[torch.sort(nan[order].to(torch.uint8), stable=True).indices]
 
 
 def select_detectors(names: Iterable[str] | None, manager: PluginManager | None = None) -> dict[str, Detector]:

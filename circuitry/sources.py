@@ -6,12 +6,16 @@ which goes to the source with scheme "file".
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from circuitry.errors import ModelLoadError, UsageError, unknown_name
+from circuitry.heap import bound_heap
 from circuitry.model import HookedTransformer
 from circuitry.model.io import probe
 
@@ -63,12 +67,39 @@ def check_device(device: str | torch.device | None) -> None:
             raise UsageError(f"device {device!r}: not available here (use cpu)")
 
 
-def load_model(ref: str, device: str | torch.device | None = None) -> HookedTransformer:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype a name stands for (float32, bfloat16, float16), or a UsageError with the choices."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise UsageError(unknown_name("dtype", str(dtype), DTYPES))
+    return DTYPES[name]
+
+
+def _accepts_dtype(load: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        return False
+    return "dtype" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def load_model(ref: str, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None) -> HookedTransformer:
     """Load a model through the source plugin named by the reference's scheme (after checking
-    that the device exists here)."""
+    that the device exists here and the dtype is one circuitry runs in: float32, the default,
+    bfloat16 or float16). A source that takes no `dtype` loads in its own and is converted after."""
     from circuitry.plugins import get_manager
 
     check_device(device)
+    torch_dtype = check_dtype(dtype)
+    bound_heap()  # freed buffers of the load go back to the system
     scheme, rest = split_ref(ref)
     sources = get_manager().model_sources()
     if scheme not in sources:
@@ -77,7 +108,13 @@ def load_model(ref: str, device: str | torch.device | None = None) -> HookedTran
         else:
             raise ModelLoadError(unknown_name("model source", scheme, sources)
                                  + " (is the plugin that provides it installed?)")
-    model = sources[scheme].load(rest, device)
+    load = sources[scheme].load
+    if _accepts_dtype(load):
+        model = load(rest, device, dtype=torch_dtype)
+    else:
+        model = load(rest, device)
+        if torch_dtype is not None:
+            model.to(torch_dtype)
     if model.source is None or scheme != "file":
         model.source = ref
     return model

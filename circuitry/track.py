@@ -284,13 +284,14 @@ def phase_change(stats: Sequence[CheckpointStats]) -> tuple[PhaseChange | None, 
 
 
 def track(paths: Iterable[str | Path], device: str | None = None,
-          progress: Callable[[int, int, int], None] | None = None) -> TrackResult:
+          progress: Callable[[int, int, int], None] | None = None, dtype: str | None = None) -> TrackResult:
     """Measure every checkpoint (progress(done, total, step) after each) and name the phase change."""
     from circuitry.model.io import load_model_file
     from circuitry.plugins import get_manager
-    from circuitry.sources import check_device
+    from circuitry.sources import check_device, check_dtype
 
     check_device(device)
+    torch_dtype = check_dtype(dtype)
     rows = plan(paths)
     manager = get_manager()
     chosen = {k: manager.get("circuitry_detectors", k, "detector") for k in ("previous_token", "induction")}
@@ -298,7 +299,7 @@ def track(paths: Iterable[str | Path], device: str | None = None,
         chosen["composition"] = manager.detectors()["composition"]
     stats = []
     for n, (step, path) in enumerate(rows):
-        model = load_model_file(path, device=device).eval()
+        model = load_model_file(path, device=device, dtype=torch_dtype).eval()
         stats.append(measure(model, step, str(path), chosen))
         if progress:
             progress(n + 1, len(rows), step)

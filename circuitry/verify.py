@@ -79,16 +79,17 @@ def spec_model_ref(spec: CircuitSpec) -> str:
     return beside if spec.model == rest else f"{scheme}:{beside}"
 
 
-def load_spec_model(spec: CircuitSpec, model_ref: str | None = None,
-                    device: str | None = None) -> tuple[HookedTransformer, str]:
+def load_spec_model(spec: CircuitSpec, model_ref: str | None = None, device: str | None = None,
+                    dtype: str | None = None) -> tuple[HookedTransformer, str]:
     """The spec's model (or `model_ref`) and the reference it was loaded from; load errors of the spec's
     own `model:` point at that line."""
-    from circuitry.sources import check_device, load_model
+    from circuitry.sources import check_device, check_dtype, load_model
 
     check_device(device)  # not the spec's fault: not located at its model line
+    check_dtype(dtype)
     ref = model_ref or spec_model_ref(spec)
     try:
-        return load_model(ref, device=device), ref
+        return load_model(ref, device=device, dtype=dtype or spec.dtype), ref
     except SpecError:
         raise
     except UsageError as exc:
@@ -269,7 +270,7 @@ def _measure(run: VerifiedRun, plans: dict[str, CheckPlan], sweep_seconds: dict[
 
 def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref: str | None = None,
            device: str | None = None, manager: PluginManager | None = None, data: Any = None,
-           keep_patterns: bool = False) -> VerificationReport:
+           keep_patterns: bool = False, dtype: str | None = None) -> VerificationReport:
     """Check every claim of `spec`; `model` / `model_ref` override the spec's model, `data` (a data reference)
     its data. keep_patterns: keep the attention patterns in the clean run even when no check reads them
     (for pictures drawn from `report.run`)."""
@@ -279,7 +280,7 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
     manager = manager or get_manager()
     ref = model_ref or spec.model
     if model is None:
-        model, ref = load_spec_model(spec, model_ref, device)
+        model, ref = load_spec_model(spec, model_ref, device, dtype)
     model.eval()
     with collecting() as found, torch.inference_mode():
         batch = _task_batch(spec, model) if spec.task is not None and data is None else \

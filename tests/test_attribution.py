@@ -450,7 +450,7 @@ def test_node_scores_of_gradient_methods_sum_the_outgoing_edges(setups, which):
 def test_chunked_rows_give_the_same_scores(setups, method):
     model, batch = setups.model("attn"), setups.batch("attn", 8)
     layout = Layout.of(model.cfg)
-    one = row_bytes(model.cfg, layout, batch.tokens.shape[1])
+    one = row_bytes(model.cfg, layout, batch.tokens.shape[1], per_head_inputs=method == "eap-ig-act")
     whole = attribute(model, batch, method=method, steps=2, per_position=True)
     chunked = attribute(model, batch, method=method, steps=2, per_position=True,
                         memory_budget=3 * one + one // 2)  # 3 + 3 + 2 rows

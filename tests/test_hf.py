@@ -186,7 +186,8 @@ def test_scan_with_text_data_from_the_cli(hf_models, capsys):
 def test_unsupported_architecture(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     with pytest.raises(ModelLoadError, match="unsupported Hugging Face architecture 'bert'; supported: "
-                                             "gpt2, gpt_neox, llama, mistral, qwen2"):
+                                             "gemma, gemma2, gemma3_text, gpt2, gpt_neox, gptj, llama, mistral, "
+                                             "olmo2, phi3, qwen2, qwen3"):
         load_model(f"hf:{tmp_path}")
     assert main(["scan", f"hf:{tmp_path}"]) == 2
     err = capsys.readouterr().err
@@ -199,14 +200,14 @@ def test_incomplete_or_unsupported_checkpoints(hf_models, tmp_path):
     base = tmp_path / "base"
     GPTNeoXModel(GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
                                vocab_size=50, max_position_embeddings=32)).save_pretrained(base)
-    with pytest.raises(ModelLoadError, match="lacks weights.*language-model head"):
+    with pytest.raises(ModelLoadError, match="missing weight.*language-model head"):
         load_model(f"hf:{base}")
     scaled = tmp_path / "scaled"
     shutil.copytree(hf_models["llama-gqa"][0], scaled)
     cfg = json.loads((scaled / "config.json").read_text())
-    cfg["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 2.0}
     (scaled / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="rotary scaling 'linear' is not supported"):
+    with pytest.raises(ModelLoadError, match="rotary scaling 'yarn' is not supported"):
         load_model(f"hf:{scaled}")
     with pytest.raises(ModelLoadError, match="no such directory"):
         load_model(f"hf:{tmp_path / 'nope'}")
@@ -300,7 +301,8 @@ def test_plugins_register_the_sources_and_the_text_dataset():
     pm = PluginManager()
     assert pm.owner("circuitry_model_sources", "hf") == "hf" and pm.owner("circuitry_model_sources", "tl") == "tl"
     assert pm.owner("circuitry_datasets", "text") == "hf"
-    assert "gpt2, gpt_neox, llama, mistral, qwen2" in pm.model_sources()["hf"].description
+    assert ("gemma, gemma2, gemma3_text, gpt2, gpt_neox, gptj, llama, mistral, olmo2, phi3, qwen2, qwen3"
+            in pm.model_sources()["hf"].description)
 
 
 def test_conversion_registry_rejects_a_second_conversion():

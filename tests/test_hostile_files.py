@@ -473,6 +473,13 @@ def test_unavailable_devices_are_refused_by_load_model(device, words, monkeypatc
     {"d_mlp": 12, "gated_mlp": True, "normalization": "RMS", "positional": "rotary", "n_kv_heads": 1,
      "tied_embeddings": True},
     {"normalization": "LNPre", "attn_bias": True, "attn_out_bias": False, "parallel_attn_mlp": True, "d_mlp": 5},
+    {"d_mlp": 12, "gated_mlp": True, "normalization": "RMS", "positional": "rotary", "n_kv_heads": 1,
+     "qk_norm": "projection", "pre_norms": False, "post_norms": True, "attn_types": ("local", "global", "local"),
+     "attn_window": 3, "rotary_base_local": 10.0, "embed_scale": 2.0, "attn_scores_soft_cap": 5.0,
+     "output_logits_soft_cap": 10.0,
+     "rope_scaling": {"kind": "llama3", "factor": 8.0, "original_context": 16, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0}},
+    {"d_mlp": 7, "normalization": "LN", "positional": "rotary", "qk_norm": "head", "post_norms": True},
 ])
 def test_the_parameter_estimate_is_exact(overrides):
     cfg = ModelConfig(**{**BASE, "n_layers": 3, **overrides})

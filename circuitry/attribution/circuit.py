@@ -67,7 +67,8 @@ class CircuitRunner:
         self.tokens = model.check_tokens(batch.tokens)
         corrupted_tokens = model.check_tokens(batch.corrupted)
         b, p = self.tokens.shape
-        self.corrupted_out = torch.zeros(len(self.layout.senders), b, p, cfg.d_model, device=model.device)
+        self.corrupted_out = torch.zeros(len(self.layout.senders), b, p, cfg.d_model, device=model.device,
+                                         dtype=model.dtype)
         self.inputs: dict[str, torch.Tensor] = {}
         self.hooks = receiver_hook_names(cfg, self.layout)
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitry.attribution.layout import Layout
-from circuitry.budget import format_bytes, memory_budget, require
+from circuitry.budget import chunk_budget, format_bytes, require
 from circuitry.errors import UsageError
 
 GRADIENT_METHODS = ("eap", "eap-ig", "eap-ig-act")
@@ -60,21 +60,27 @@ class GradientScores:
     metric_corrupted: float = float("nan")
 
 
-def row_bytes(cfg, layout: Layout, pos: int) -> int:
-    """Bytes one prompt row needs in a forward-backward pass with per-head inputs and the sender outputs."""
+def row_bytes(cfg, layout: Layout, pos: int, per_head_inputs: bool = False, itemsize: int = 4) -> int:
+    """Bytes one prompt row needs in a forward-backward pass (in a model of `itemsize`-byte floats): the
+    activations kept for the backward pass, every sender's output on the clean run and its difference from
+    the corrupted run, and the logits (float32, with their gradient); with `per_head_inputs` the per-head
+    copies of each block's input that mixing the inputs of each head makes."""
     d, H, L = cfg.d_model, cfg.n_heads, cfg.n_layers
-    per_layer = (9 * pos * H * d + 6 * H * pos * pos + 4 * pos * H * cfg.d_head + 8 * pos * d
-                 + 4 * pos * (cfg.d_mlp or 0))
+    per_layer = 12 * pos * d + 2 * H * pos * pos + 4 * pos * (cfg.d_mlp or 0) + pos * H * d  # + one layer's grad
+    if per_head_inputs:
+        per_layer += 9 * pos * H * d
     senders = 3 * pos * len(layout.senders) * d  # clean, corrupted and their difference
-    return 4 * (L * per_layer + senders + 4 * pos * cfg.d_vocab)
+    return itemsize * (L * per_layer + senders) + 4 * 4 * pos * cfg.d_vocab
 
 
-def chunk_rows(cfg, layout: Layout, batch: int, pos: int, budget: int | None) -> int:
-    """Rows per forward-backward pass that fit the budget; a UsageError when one row does not."""
-    one = row_bytes(cfg, layout, pos)
-    limit = budget if budget is not None else memory_budget()
+def chunk_rows(cfg, layout: Layout, batch: int, pos: int, budget: int | None, per_head_inputs: bool = False,
+               itemsize: int = 4) -> int:
+    """Rows per forward-backward pass that fit the chunk budget; a UsageError when one row does not fit the
+    memory budget."""
+    one = row_bytes(cfg, layout, pos, per_head_inputs, itemsize)
     require(one, f"attribution of one {pos}-token prompt (activations with gradients and every sender's "
-                 f"output, {format_bytes(one)})", limit)
+                 f"output, {format_bytes(one)})", budget)
+    limit = budget if budget is not None else chunk_budget()
     return max(1, min(batch, limit // one))
 
 
@@ -82,7 +88,7 @@ def sender_outputs(model, tokens: torch.Tensor, layout: Layout,
                    extra: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Every sender's output [sender, batch, pos, d_model] on `tokens` (no gradients)."""
     b, p = tokens.shape
-    out = torch.zeros(len(layout.senders), b, p, model.cfg.d_model, device=model.device)
+    out = torch.zeros(len(layout.senders), b, p, model.cfg.d_model, device=model.device, dtype=model.dtype)
     with torch.no_grad(), model.hooks(_capture_hooks(model, layout, out)):
         logits = model(tokens)
     if extra is not None:
@@ -105,7 +111,8 @@ def _capture_hooks(model, layout: Layout, out: torch.Tensor) -> list:
         first = layout.first_head(layer)
 
         def hook(z, hook):  # z [batch, pos, head, d_head] -> each head's output
-            out[first:first + cfg.n_heads] = torch.einsum("bphe,hed->hbpd", z.detach(), model.W_O[layer])
+            W_O = model.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
+            out[first:first + cfg.n_heads] = torch.einsum("bphe,hed->hbpd", z.detach(), W_O)
             return z
         return hook
 
@@ -237,7 +244,7 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
     cfg = model.cfg
     layout = Layout.of(cfg)
     b, p = batch.tokens.shape
-    chunk = chunk_rows(cfg, layout, b, p, memory_budget)
+    chunk = chunk_rows(cfg, layout, b, p, memory_budget, method == "eap-ig-act", model.dtype.itemsize)
     scorer = _Scorer(layout, p, model.device, per_position)
     scorer.rows = b
     n_runs = 1 if method == "eap" else steps

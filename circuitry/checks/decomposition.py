@@ -40,7 +40,7 @@ def measure(run, check: Check, plan: CheckPlan) -> CheckResult:
     key, target = plan.state
     dec = run.decomposition()
     try:
-        proj = dec.project(target)
+        proj = dec.project(target, paths=[key])  # the one term; its total() is still the whole logit
     except UsageError as exc:
         raise run.error((*check.path, "target"), str(exc)) from None
     positions = check.options.get("positions", "predictable")

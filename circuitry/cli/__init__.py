@@ -11,6 +11,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from circuitry import __version__
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         with collecting() as warnings:
             try:
                 _apply_plugin_options(args.plugin_opts)
-                return int(args.run(args, out) or 0)
+                with _memory_budget(getattr(args, "memory_budget", None)):
+                    return int(args.run(args, out) or 0)
             finally:
                 for message in warnings:
                     out.warning(message)
@@ -86,6 +89,32 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         _warn_plugin_problems(out)
+
+
+@contextmanager
+def _memory_budget(value: str | None) -> Iterator[None]:
+    """--memory-budget: the budget every allocation and chunk of the command is checked against (the
+    environment variable the budget reads, set for the command and restored after it)."""
+    if value is None:
+        yield
+        return
+    from circuitry.budget import ENV, parse_bytes
+    from circuitry.errors import UsageError
+
+    try:
+        parse_bytes(value)
+    except UsageError:
+        raise UsageError(f"--memory-budget {value!r}: expected a number of bytes with an optional unit "
+                         f"(e.g. 512MB, 8GiB)") from None
+    before = os.environ.get(ENV)
+    os.environ[ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
 
 
 def _apply_plugin_options(options: list[str]) -> None:

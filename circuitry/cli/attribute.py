@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the scores as heatmaps (head scores, head-to-head Q/K/V edges, by position)")
     p.add_argument("--graph", default=None, metavar="FILE",
                    help="also write the residual graph with the scores as attributes (.json, .graphml or .dot)")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.discovery import resolve_task
 
     resolve_task(args.task)  # an unknown task or a bad task file fails before the model loads
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     batch, task_name, metric = task_batch(model, args.task)
     at = _positions(args.at, batch)
     with Progress(TextColumn(f"[bold]attribute[/] {args.method}"), BarColumn(),

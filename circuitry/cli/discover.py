@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attribution methods: draw the faithfulness curve (needs matplotlib)")
     p.add_argument("--sweeps", choices=("batched", "naive"), default="batched",
                    help="batched sweeps (default) or one forward pass per intervention")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace, out) -> int:
         raise UsageError(f"--margin must lie in [0, 1), got {args.margin}")
     if not 0 < args.target <= 1:
         raise UsageError(f"--target must lie in (0, 1], got {args.target}")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     try:
         with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
                       console=out.err, transient=True) as progress:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show a model's config, parameter count and source",
                        description="Show a model's config, parameter count and where it was loaded from.")
     p.add_argument("model", metavar="MODEL", help="model reference: builtin:NAME or a path")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -18,7 +21,7 @@ def run(args: argparse.Namespace, out) -> int:
 
     from circuitry.sources import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     cfg = model.cfg.to_dict()
     doc = {"model": args.model, "source": model.source, "n_params": model.n_params(), "config": cfg}
     if args.json:

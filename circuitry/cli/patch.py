@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 DEFAULT_WHAT = "resid_pre,attn_out,mlp_out,heads"
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--html", default=None, metavar="FILE.html", help="also write the heatmaps as a page")
     p.add_argument("--png", default=None, metavar="FILE.png", help="also draw the heatmaps as a PNG")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace, out) -> int:
     _whats(args.what, None)
     task = load_task(args.task)
     metric = get_manager().get("circuitry_metrics", args.metric or task.metric, "metric")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     batch = build_batch(task, model)
     whats = _whats(args.what, model)
 

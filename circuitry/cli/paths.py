@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
+
 DEFAULT_DATA = "repeated:batch=16"
 
 
@@ -27,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--positions", choices=("predictable", "fresh", "all"), default="predictable",
                    help="positions averaged over: predictable (the repeated part), fresh or all (default predictable)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace, out) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     target = parse_target(args.target)
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     batch = make_batch(model, args.data).to(model.device)
     dec = decompose(model, batch.tokens)
     mask = {"predictable": batch.predictable, "fresh": batch.fresh,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--html", default=None, metavar="FILE.html",
                    help="also write a self-contained HTML page: head-score grids and composition matrices")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.scan import select_detectors
 
     select_detectors(names)  # unknown names fail before the model loads
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     batch = make_batch(model, args.data).to(model.device)
     result = scan(model, batch, names, model_ref=args.model)
     if args.html:

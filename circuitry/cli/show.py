@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 DEFAULT_DATA = "repeated"
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help=f"data: NAME[:key=value,...] of a dataset plugin or a token file (default: {DEFAULT_DATA})")
     p.add_argument("--index", type=int, default=0, metavar="I", help="which sequence of --data (default 0)")
     p.add_argument("--out", default=None, metavar="FILE", help="write FILE.png or FILE.html instead of printing")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, out) -> int:
         from circuitry.report.plots import require
 
         require()  # the install hint comes before any model is loaded
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     ids, where = _tokens(args, model)
     figures = figures_for_heads(model, ids, heads, data=where)
     if suffix is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINTS", help="checkpoint files or directories")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="also draw the curves (needs matplotlib)")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace, out) -> int:
                   TextColumn("step {task.fields[step]}"), TimeElapsedColumn(), console=out.err,
                   transient=True) as progress:
         task = progress.add_task("track", total=None, step="")
-        result = track(args.checkpoints, device=args.device,
+        result = track(args.checkpoints, device=args.device, dtype=args.dtype,
                        progress=lambda done, total, step: progress.update(task, completed=done, total=total,
                                                                           step=step))
     if args.plot:

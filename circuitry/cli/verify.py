@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(repeated:seq_len=20), another dataset plugin with its parameters (quote values with "
                         "commas: text:text=\"a, b\") or a token file; the reference data is the same with the next "
                         "seed")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda, ...)")
+    add_model_options(p)
     p.add_argument("-v", "--verbose", action="count", default=0, help="per-node values and timings")
     p.add_argument("--html", default=None, metavar="FILE.html",
                    help="also write a self-contained HTML report: claims, circuit graph, attention heatmaps")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace, out) -> int:
         resolve(args.data)  # a bad --data fails before any model loads
     reports = []
     for spec in specs:
-        model, ref = load_spec_model(spec, args.model, args.device)
+        model, ref = load_spec_model(spec, args.model, args.device, args.dtype)
         report = verify(spec, model=model, model_ref=ref, data=data_for(spec, args.data),
                         keep_patterns=bool(args.html))
         reports.append(report)

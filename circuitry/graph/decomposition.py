@@ -25,23 +25,30 @@ so that the sum of the terms matching the logits is a real check.
 A projection onto a logit direction (`project`) never forms a [batch, pos,
 d_vocab] tensor per term: the direction is pulled back through W_U and the
 final norm into a readout vector g [batch, pos, d_model], and for virtual heads
-further through W_O and W_V into d_head-sized factors.
+further through W_O and W_V into d_head-sized factors. It projects the paths
+asked for (all by default, after checking the [n_terms, batch, pos] result
+against the memory budget); virtual heads are computed per reader head for a
+chunk of senders at a time, the chunk sized by `circuitry.budget.chunk_budget`.
+`top_paths` ranks every term without holding the projected values: each chunk
+is reduced to its means as it is computed. No weight is copied for the whole
+model: each layer's weights are read (and key/value heads expanded) when used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from circuitry.budget import require, run_bytes
+from circuitry.budget import chunk_budget, require, run_bytes
 from circuitry.errors import InputError, UsageError
 from circuitry.graph.paths import Path, format_path, parse_path, path_kind
 from circuitry.names import head_index, head_name, mlp_name
 
 Target = str | int | tuple[int, int] | torch.Tensor  # what a projection explains (see Decomposition.project)
+F32 = 4  # bytes of a float32
 
 
 @dataclass(frozen=True)
@@ -69,17 +76,20 @@ class LadderStep:
 
 @dataclass(frozen=True)
 class Projection:
-    """Every term projected on one logit direction.
+    """Terms projected on one logit direction (every term, or the paths asked for).
 
     values [n_terms, batch, pos]: values[i] is the term `paths[i]` projected;
     valid [batch, pos]: positions where the target is defined (the last
-    position has no next token for target "correct"; values there are 0).
+    position has no next token for target "correct"; values there are 0);
+    full [batch, pos]: the projected sum of every term of the decomposition
+    (the projected logits), also when only some terms were projected.
     """
 
     paths: tuple[Path, ...]
     values: torch.Tensor
     valid: torch.Tensor
     target: str
+    full: torch.Tensor | None = None
 
     def __getitem__(self, path: Path | str) -> torch.Tensor:
         key = tuple(path) if not isinstance(path, str) else _loose(path)
@@ -89,16 +99,11 @@ class Projection:
             raise UsageError(f"path {path!r} is not among the {len(self.paths)} projected terms") from None
 
     def total(self) -> torch.Tensor:
-        """The projected logits [batch, pos]: the sum of every term."""
-        return self.values.sum(0)
+        """The projected logits [batch, pos]: the sum of every term of the decomposition."""
+        return self.values.sum(0) if self.full is None else self.full
 
     def _mask(self, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is None:
-            return self.valid
-        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.valid.device)
-        if mask.shape != self.valid.shape:
-            raise UsageError(f"mask must have shape {list(self.valid.shape)} [batch, pos], got {list(mask.shape)}")
-        return mask & self.valid
+        return _positions(self.valid, mask)
 
     def mean(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of each term over the masked valid positions [n_terms]."""
@@ -109,17 +114,51 @@ class Projection:
 
     def top(self, k: int = 10, mask: torch.Tensor | None = None, by: str = "mean") -> list[PathScore]:
         """The k terms with the largest mean (by="mean"), |mean| ("abs") or mean |value| ("mean_abs")."""
-        if by not in ("mean", "abs", "mean_abs"):
-            raise UsageError(f"top: by must be 'mean', 'abs' or 'mean_abs', got {by!r}")
-        if k < 1:
-            raise UsageError(f"top: k must be >= 1, got {k}")
+        _check_top(k, by)
         m = self._mask(mask)
         means = self.mean(m)
-        mean_abs = self.values[:, m].abs().mean(-1)
-        key = {"mean": means, "abs": means.abs(), "mean_abs": mean_abs}[by]
-        order = torch.argsort(key, descending=True)[:k].tolist()
-        return [PathScore(self.paths[i], path_kind(self.paths[i]), float(means[i]), float(mean_abs[i]))
-                for i in order]
+        return _ranked(self.paths, means, self.values[:, m].abs().mean(-1), k, by)
+
+
+def _positions(valid: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The positions [batch, pos] a mean is taken over: the valid ones, within `mask` when given."""
+    if mask is None:
+        return valid
+    mask = torch.as_tensor(mask, dtype=torch.bool, device=valid.device)
+    if mask.shape != valid.shape:
+        raise UsageError(f"mask must have shape {list(valid.shape)} [batch, pos], got {list(mask.shape)}")
+    return mask & valid
+
+
+def _check_top(k: int, by: str) -> None:
+    if by not in ("mean", "abs", "mean_abs"):
+        raise UsageError(f"top: by must be 'mean', 'abs' or 'mean_abs', got {by!r}")
+    if k < 1:
+        raise UsageError(f"top: k must be >= 1, got {k}")
+
+
+def _ranked(paths: Sequence[Path], means: torch.Tensor, mean_abs: torch.Tensor, k: int, by: str) -> list[PathScore]:
+    """The k paths with the largest mean (by="mean"), |mean| ("abs") or mean |value| ("mean_abs");
+    means, mean_abs [n_terms]."""
+    key = {"mean": means, "abs": means.abs(), "mean_abs": mean_abs}[by]
+    order = torch.argsort(key, descending=True)[:k].tolist()
+    return [PathScore(paths[i], path_kind(paths[i]), float(means[i]), float(mean_abs[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class TermPlan:
+    """Which terms a projection computes, and the row of each in its result.
+
+    special: (row, path) of the direct, MLP, bias and remainder terms; heads, head_rows [n]: flat
+    head indices (layer * n_heads + head) and rows of single-head terms; pairs: (reader, senders [n],
+    rows [n]) per reader head (flat index) of the virtual heads sender -> reader.
+    """
+
+    paths: tuple[Path, ...]
+    special: tuple[tuple[int, Path], ...]
+    heads: torch.Tensor
+    head_rows: torch.Tensor
+    pairs: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
 
 
 def _loose(text: str) -> Path:
@@ -128,22 +167,44 @@ def _loose(text: str) -> Path:
     return tuple(p for p in re.split(r"\s*(?:->|>|,)\s*", text.strip()) if p)
 
 
+def decomposition_refusal(cfg) -> str | None:
+    """Why the logits of a model of `cfg` do not split exactly into path terms (None: they do). Frozen patterns
+    make QK-norm and soft-capped scores irrelevant; a soft cap on the logits or norms on the blocks' outputs
+    are nonlinear in every path at once."""
+    if cfg.output_logits_soft_cap is not None:
+        return (f"the model soft-caps its logits ({cfg.output_logits_soft_cap:g} * tanh(logits / "
+                f"{cfg.output_logits_soft_cap:g})), which is not linear in the residual stream, so its logits do not "
+                f"split into a sum of path terms; decompose refuses such models")
+    if cfg.post_norms:
+        return ("the model normalises the outputs of its attention layers and MLPs (post-norms ln1_post / ln2_post) "
+                "by scales that depend on the whole output, so one head's contribution is not a separate term; "
+                "decompose refuses such models")
+    if not cfg.pre_norms and cfg.normalization is not None:
+        return "the model has a final norm but no norms before its layers (pre_norms false); decompose refuses it"
+    return None
+
+
 def decomposition_bytes(cfg, batch: int, pos: int) -> int:
-    """Bytes a decomposition of batch x pos tokens holds: a cached run, and every head's output
-    [batch, pos, head, d_model] per layer while propagating (float32)."""
-    return run_bytes(cfg, batch, pos) + 4 * int(batch) * int(pos) * cfg.n_layers * cfg.n_heads * cfg.d_model
+    """Bytes a decomposition of batch x pos tokens holds: a cached run (`run_bytes`), every head's
+    first-order z [batch, pos, layer * head, d_head] and the residuals of the propagation (about
+    8 x [batch, pos, d_model]), float32."""
+    per_pos = cfg.n_layers * cfg.n_heads * cfg.d_head + 8 * cfg.d_model
+    return run_bytes(cfg, batch, pos) + F32 * int(batch) * int(pos) * per_pos
 
 
 class Decomposition:
     """The logits of one cached run as a sum of path terms (see the module docstring).
 
     Built by `decompose(model, tokens)`. `paths` lists every term; `term(path)`
-    is one term's logits [batch, pos, d_vocab]; `project(target)` all terms on
-    one logit direction; `top_paths(k)`; `loss_ladder(mask)`.
+    is one term's logits [batch, pos, d_vocab]; `project(target, paths)` some or
+    all terms on one logit direction; `top_paths(k)`; `loss_ladder(mask)`.
     """
 
     def __init__(self, model, tokens: torch.Tensor, cache=None, logits: torch.Tensor | None = None) -> None:
         cfg = model.cfg
+        refusal = decomposition_refusal(cfg)
+        if refusal:
+            raise UsageError(f"decompose: {refusal}")
         self.model, self.cfg = model, cfg
         self.tokens = model.check_tokens(tokens)  # [batch, pos]
         L = cfg.n_layers
@@ -180,41 +241,72 @@ class Decomposition:
 
     def _weights(self) -> None:
         m, L = self.model, self.cfg.n_layers
-        self._W_V = m.W_V.detach()  # [layer, head, d_model, d_head]
-        self._W_O = m.W_O.detach()  # [layer, head, d_head, d_model]
+        self._n_layers = L
+        self._rep = self.cfg.n_heads // self.cfg.kv_heads  # query heads per key/value head
         self._W_U = m.W_U.detach()  # [d_model, d_vocab]
         self._b_U = m.b_U.detach()  # [d_vocab]
         w1, b1 = zip(*(self._norm_parts(block.ln1) for block in m.blocks))
         self._w1 = torch.stack(w1)  # [layer, d_model]
-        self._W_V_eff = self._W_V * self._w1[:, None, :, None]  # ln1.w folded in
         self._w_f, self._b_f = self._norm_parts(m.ln_final)
+        b_V, b_O = m.b_V.detach(), m.b_O.detach()  # [layer, head, d_head], [layer, d_model]
         # constant output of each attention layer [layer, d_model]
-        bias_v = torch.einsum("ld,lhde->lhe", torch.stack(b1), self._W_V) + m.b_V.detach()
-        self._beta = torch.einsum("lhe,lhed->ld", bias_v, self._W_O) + m.b_O.detach()
-        self._W_O_c = self._W_O - self._W_O.mean(-1, keepdim=True) if self._centre else self._W_O
-        self._n_layers = L
+        self._beta = torch.stack([
+            torch.einsum("he,hed->d", torch.einsum("d,hde->he", b1[l], self._W_V(l)) + b_V[l], self._W_O(l)) + b_O[l]
+            for l in range(L)])
+
+    def _W_V(self, layer: int) -> torch.Tensor:
+        """W_V [head, d_model, d_head] of one layer (key/value heads repeated for grouped-query attention)."""
+        W = self.model.blocks[layer].attn.W_V.detach()
+        return W.repeat_interleave(self._rep, 0) if self._rep > 1 else W
+
+    def _W_V_eff(self, layer: int) -> torch.Tensor:
+        """W_V [head, d_model, d_head] of one layer with ln1.w folded in."""
+        return self._W_V(layer) * self._w1[layer][:, None]
+
+    def _W_V_eff_head(self, layer: int, head: int) -> torch.Tensor:
+        """W_V [d_model, d_head] of one head with ln1.w folded in."""
+        return self.model.blocks[layer].attn.W_V.detach()[head // self._rep] * self._w1[layer][:, None]
+
+    def _W_O(self, layer: int) -> torch.Tensor:
+        """W_O [head, d_head, d_model] of one layer."""
+        return self.model.blocks[layer].attn.W_O.detach()
+
+    def _W_O_c_heads(self, heads: torch.Tensor) -> torch.Tensor:
+        """W_O [n, d_head, d_model] of the flat heads `heads` (layer * n_heads + head), centred along d_model
+        when the norms are LayerNorms (what a later head's ln1 reads of them)."""
+        H = self.cfg.n_heads
+        layers = heads // H
+        W = torch.empty(len(heads), self.cfg.d_head, self.cfg.d_model, dtype=self._W_O(0).dtype,
+                        device=self._x0.device)
+        for layer in torch.unique(layers).tolist():
+            sel = layers == layer
+            W[sel] = self._W_O(layer)[heads[sel] - layer * H]
+        return W - W.mean(-1, keepdim=True) if self._centre else W
 
     def _c(self, y: torch.Tensor) -> torch.Tensor:
         return y - y.mean(-1, keepdim=True) if self._centre else y
 
     def _heads_z(self, layer: int, y: torch.Tensor) -> torch.Tensor:
         """z [batch, pos, head, d_head] of every head of `layer` reading y [batch, pos, d_model] as value input."""
-        v = torch.einsum("bpd,hde->bphe", self._c(y) / self._s[layer], self._W_V_eff[layer])
+        v = torch.einsum("bpd,hde->bphe", self._c(y) / self._s[layer], self._W_V_eff(layer))
         return torch.einsum("bhqk,bkhe->bqhe", self._A[layer], v)
 
     def _out(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Summed output [batch, pos, d_model] of z [batch, pos, head, d_head]."""
-        return torch.einsum("bqhe,hed->bqd", z, self._W_O[layer])
+        return torch.einsum("bqhe,hed->bqd", z, self._W_O(layer))
 
     def _propagate(self) -> None:
         """First-order z per layer, the summed virtual-head output, the remainder residual."""
         x0 = self._x0
+        H = self.cfg.n_heads
         zero = torch.zeros_like(x0)
         s1, virtual, rest, mlps, bias = zero, zero, zero, zero, torch.zeros_like(x0[0, 0])
-        self._z1: list[torch.Tensor] = []
+        z_all: torch.Tensor | None = None
         for layer in range(self._n_layers):
             z1 = self._heads_z(layer, x0)  # [batch, pos, head, d_head]
-            self._z1.append(z1)
+            if z_all is None:
+                z_all = z1.new_empty(*z1.shape[:2], self._n_layers * H, z1.shape[-1])
+            z_all[:, :, layer * H:(layer + 1) * H] = z1
             second = self._out(layer, self._heads_z(layer, s1)) if layer else zero
             higher = virtual + rest + mlps + bias
             higher_out = self._out(layer, self._heads_z(layer, higher)) if layer else zero
@@ -224,6 +316,8 @@ class Decomposition:
             bias = bias + self._beta[layer]
             if self._mlp:
                 mlps = mlps + self._mlp[layer]
+        assert z_all is not None  # a model has at least one layer
+        self._first_z = z_all  # [batch, pos, layer * head, d_head]: every head's z reading x0 (first order)
         self._first_total = s1  # [batch, pos, d_model]
         self._virtual_total = virtual
         self._rest = rest
@@ -274,14 +368,15 @@ class Decomposition:
         with torch.inference_mode():
             if kind == "direct":
                 return self._x0
+            H = self.cfg.n_heads
             if kind == "head":
                 l, h = head_index(path[0])
-                return self._z1[l][:, :, h] @ self._W_O[l, h]
+                return self._first_z[:, :, l * H + h] @ self._W_O(l)[h]
             if kind == "virtual":
                 (l1, h1), (l2, h2) = head_index(path[0]), head_index(path[1])
-                y1 = self._z1[l1][:, :, h1] @ self._W_O[l1, h1]  # [batch, pos, d_model]
-                v = (self._c(y1) / self._s[l2]) @ self._W_V_eff[l2, h2]  # [batch, pos, d_head]
-                return (self._A[l2][:, h2] @ v) @ self._W_O[l2, h2]
+                y1 = self._first_z[:, :, l1 * H + h1] @ self._W_O(l1)[h1]  # [batch, pos, d_model]
+                v = (self._c(y1) / self._s[l2]) @ self._W_V_eff_head(l2, h2)  # [batch, pos, d_head]
+                return (self._A[l2][:, h2] @ v) @ self._W_O(l2)[h2]
             if kind == "mlp":
                 return self._mlp[int(path[0][1:])]
             if kind == "bias":
@@ -378,66 +473,166 @@ class Decomposition:
         bu = bu * valid
         return u, bu, valid, desc
 
-    def project(self, target: Target = "correct") -> Projection:
-        """Every term projected on a logit direction, as a `Projection` [n_terms, batch, pos].
+    def project(self, target: Target = "correct", paths: Iterable[Path | str] | None = None) -> Projection:
+        """Terms projected on a logit direction, as a `Projection` [n_terms, batch, pos].
 
         target: "correct" (the logit of the next token; the last position is
         not valid), a token id, a pair (a, b) for logit[a] - logit[b], a float
         tensor [d_vocab], token ids [batch, pos] or float directions [batch, pos, d_vocab].
+        paths: the terms to project, in that order (each once; `parse` says which
+        are valid); None: every term, in the order of `paths`. The result's
+        `total()` is the projected sum of every term either way. The values
+        [n_terms, batch, pos] are checked against the memory budget first.
         """
         u, bu, valid, desc = self._direction(target)
+        plan = self._plan(paths)
+        b, p = self.tokens.shape
+        n = len(plan.paths)
+        require(F32 * (n + 1) * b * p, f"the projection of {n} terms on {b} x {p} tokens")
+        with torch.inference_mode():
+            g = self._readout(u)  # [batch, pos, d_model]
+            values = g.new_empty(n, b, p)
+            for rows, block in self._projected(plan, g, u, bu):
+                values[rows] = block
+            full = self._projected_total(g, u, bu)
+        return Projection(plan.paths, values, valid, desc, full)
+
+    def _readout(self, u: torch.Tensor) -> torch.Tensor:
+        """g [batch, pos, d_model] with U(y) . d = y . g: the direction u = W_U d pulled back through the
+        frozen final norm, g = C(w_f * u) / s_f."""
+        return self._c(self._w_f * u) / self._s_f
+
+    def _plan(self, paths: Iterable[Path | str] | None) -> TermPlan:
+        """The terms of `paths` (None: every term) and where each goes in the result."""
+        H = self.cfg.n_heads
+        if paths is None:
+            return self._plan_all()
+        if isinstance(paths, str):
+            raise UsageError(f"paths must be a list of paths, got the string {paths!r}; write [{paths!r}]")
+        wanted = tuple(dict.fromkeys(self.parse(path) for path in paths))
+        special: list[tuple[int, Path]] = []
+        heads: list[tuple[int, int]] = []
+        pairs: dict[int, list[tuple[int, int]]] = {}
+        for row, path in enumerate(wanted):
+            kind = path_kind(path)
+            if kind == "head":
+                l, h = head_index(path[0])
+                heads.append((l * H + h, row))
+            elif kind == "virtual":
+                (l1, h1), (l2, h2) = head_index(path[0]), head_index(path[1])
+                pairs.setdefault(l2 * H + h2, []).append((l1 * H + h1, row))
+            else:
+                special.append((row, path))
+        head_t = torch.tensor(heads, dtype=torch.long).reshape(-1, 2)  # [n, 2]: head, row
+        pair_t = []
+        for reader, sender_rows in pairs.items():
+            t = torch.tensor(sender_rows, dtype=torch.long)  # [n, 2]: sender, row
+            pair_t.append((reader, t[:, 0], t[:, 1]))
+        return TermPlan(wanted, tuple(special), head_t[:, 0], head_t[:, 1], tuple(pair_t))
+
+    def _plan_all(self) -> TermPlan:
+        """Every term, rows in the order of `paths`: direct, heads, virtual heads (by sender, then reader),
+        MLPs, bias, remainder."""
         cfg = self.cfg
         L, H = cfg.n_layers, cfg.n_heads
-        with torch.inference_mode():
-            # readout vector: U(y) . d = y . g with g = C(w_f * u) / s_f
-            g = self._c(self._w_f * u) / self._s_f  # [batch, pos, d_model]
-            dot = lambda y: (y * g).sum(-1)  # noqa: E731  [batch, pos]
-            values: dict[Path, torch.Tensor] = {("direct",): dot(self._x0)}
-            g_o = [torch.einsum("bpd,hed->bphe", g, self._W_O[l]) for l in range(L)]  # [b, p, head, d_head]
-            for l in range(L):
-                per_head = (self._z1[l] * g_o[l]).sum(-1)  # [batch, pos, head]
-                for h in range(H):
-                    values[(head_name(l, h),)] = per_head[..., h]
-            pair_values = self._project_pairs(g_o)
-            for l, mlp_out in enumerate(self._mlp):
-                values[(mlp_name(l),)] = dot(mlp_out)
-            # constants: ln_final.b . (W_U d) + b_U . d
-            values[("bias",)] = dot(self._bias_resid.expand_as(g)) + (u * self._b_f).sum(-1) + bu
-            values[("remainder",)] = dot(self._rest)
-            values.update(pair_values)
-            paths = tuple(self.paths)
-            stacked = torch.stack([values[p] for p in paths])  # [n_terms, batch, pos]
-        return Projection(paths, stacked, valid, desc)
+        N = L * H
+        layer = torch.arange(N) // H
+        count = (L - 1 - layer) * H  # virtual heads of each sender
+        start = 1 + N + count.cumsum(0) - count  # row of each sender's first virtual head
+        pairs = []
+        for reader in range(H, N):
+            senders = torch.arange(reader // H * H)
+            pairs.append((reader, senders, start[senders] + reader - (layer[senders] + 1) * H))
+        row = 1 + N + int(count.sum())
+        mlps = [] if cfg.attn_only else [(row + l, (mlp_name(l),)) for l in range(L)]
+        row += len(mlps)
+        special = ((0, ("direct",)), *mlps, (row, ("bias",)), (row + 1, ("remainder",)))
+        heads = torch.arange(N)
+        return TermPlan(tuple(self.paths), special, heads, heads + 1, tuple(pairs))
 
-    def _project_pairs(self, g_o: list[torch.Tensor]) -> dict[Path, torch.Tensor]:
-        """Projected virtual heads without d_model- or d_vocab-sized tensors per pair.
+    def _projected(self, plan: TermPlan, g: torch.Tensor, u: torch.Tensor,
+                   bu: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(rows, values [n, batch, pos]) of every term of `plan`, a chunk at a time."""
+        H = self.cfg.n_heads
+        dot = lambda y: (y * g).sum(-1)  # noqa: E731  [batch, pos]
+        for row, path in plan.special:
+            kind = path_kind(path)
+            if kind == "direct":
+                v = dot(self._x0)
+            elif kind == "mlp":
+                v = dot(self._mlp[int(path[0][1:])])
+            elif kind == "bias":  # constants: ln_final.b . (W_U d) + b_U . d
+                v = dot(self._bias_resid.expand_as(g)) + (u * self._b_f).sum(-1) + bu
+            else:
+                v = dot(self._rest)
+            yield torch.tensor([row]), v[None]
+        layers = plan.heads // H
+        for layer in torch.unique(layers).tolist():
+            sel = layers == layer
+            idx = plan.heads[sel]
+            g_o = torch.einsum("bpd,hed->bphe", g, self._W_O(layer)[idx - layer * H])  # [batch, pos, n, d_head]
+            yield plan.head_rows[sel], (self._first_z[:, :, idx] * g_o).sum(-1).permute(2, 0, 1)
+        for reader, senders, rows in plan.pairs:
+            for part, vals in self._pair_values(reader, senders, g):
+                yield rows[part], vals
 
-        For reader head (l2, h2) and all earlier heads n at once:
-        value[b, q, n] = sum_k A2[b, q, k] (z1[b, k, n] / s2[b, k]) M[n, h2] . g_o[b, q, h2]
-        with M = C(W_O1) diag(w2) W_V2 [d_head, d_head].
+    def _pair_values(self, reader: int, senders: torch.Tensor,
+                     g: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Projected virtual heads sender -> reader (flat head indices) without d_model- or d_vocab-sized
+        tensors per pair, a chunk of senders at a time: (the chunk's part of `senders`, values [n, batch, q]).
+
+        value[b, q, n] = sum_k A2[b, q, k] (z1[b, k, n] / s2[b, k]) M[n] . g_o[b, q]
+        with M[n] = C(W_O[n]) diag(w2) W_V2 [d_head, d_head] and g_o = g W_O2^T [batch, q, d_head].
         """
         cfg = self.cfg
-        H, dh = cfg.n_heads, cfg.d_head
-        out: dict[Path, torch.Tensor] = {}
-        for l2 in range(1, cfg.n_layers):
-            n1 = l2 * H
-            z = torch.cat(self._z1[:l2], dim=2) / self._s[l2][..., None]  # [batch, pos, n1, d_head]
-            b, p = z.shape[:2]
-            z_flat = z.reshape(b, p, n1 * dh)
-            w_o = self._W_O_c[:l2].reshape(n1, dh, -1)  # [n1, d_head, d_model]
-            M = torch.einsum("nad,hde->hnae", w_o, self._W_V_eff[l2])  # [head2, n1, d_head, d_head]
-            for h2 in range(H):
-                r = torch.einsum("nae,bqe->bqna", M[h2], g_o[l2][:, :, h2])  # [batch, q, n1, d_head]
-                y = (self._A[l2][:, h2] @ z_flat).reshape(b, p, n1, dh)  # [batch, q, n1, d_head]
-                vals = (y * r).sum(-1)  # [batch, q, n1]
-                for n in range(n1):
-                    out[(head_name(n // H, n % H), head_name(l2, h2))] = vals[..., n]
-        return out
+        dh = cfg.d_head
+        l2, h2 = divmod(reader, cfg.n_heads)
+        b, p = self.tokens.shape
+        per_sender = F32 * (3 * b * p * dh + dh * dh + 2 * dh * cfg.d_model)
+        limit = chunk_budget()
+        require(per_sender, f"the projection of one virtual head on {b} x {p} tokens", limit)
+        step = max(1, limit // per_sender)
+        g_o = g @ self._W_O(l2)[h2].T  # [batch, q, d_head]
+        W_V2 = self._W_V_eff_head(l2, h2)  # [d_model, d_head]
+        A2 = self._A[l2][:, h2]  # [batch, q, k]
+        s2 = self._s[l2][..., None]  # [batch, k, 1, 1]
+        for c0 in range(0, len(senders), step):
+            idx = senders[c0:c0 + step]
+            z = self._first_z[:, :, idx] / s2  # [batch, k, n, d_head]
+            y = (A2 @ z.reshape(b, p, -1)).reshape(b, p, len(idx), dh)  # [batch, q, n, d_head]
+            M = self._W_O_c_heads(idx) @ W_V2  # [n, d_head, d_head]
+            r = torch.einsum("nae,bqe->bqna", M, g_o)  # [batch, q, n, d_head]
+            yield slice(c0, c0 + len(idx)), (y * r).sum(-1).permute(2, 0, 1)
+
+    def _projected_total(self, g: torch.Tensor, u: torch.Tensor, bu: torch.Tensor) -> torch.Tensor:
+        """The projected sum of every term [batch, pos], from the summed residuals."""
+        y = self._x0 + self._first_total + self._virtual_total + self._rest + self._bias_resid
+        if self._mlp:
+            y = y + self._mlp_total
+        return (y * g).sum(-1) + (u * self._b_f).sum(-1) + bu
 
     def top_paths(self, k: int = 10, target: Target = "correct", mask: torch.Tensor | None = None,
                   by: str = "mean") -> list[PathScore]:
-        """The k strongest terms on a logit direction, averaged over the masked positions."""
-        return self.project(target).top(k, mask=mask, by=by)
+        """The k strongest terms on a logit direction, averaged over the masked valid positions.
+
+        Equal to `project(target).top(k, mask, by)`, but every term is reduced to its mean and mean |.|
+        chunk by chunk as it is projected, so no [n_terms, batch, pos] tensor is held."""
+        _check_top(k, by)
+        u, bu, valid, _ = self._direction(target)
+        m = _positions(valid, mask)
+        if not bool(m.any()):
+            raise UsageError("no positions selected: the mask and the target's valid positions do not overlap")
+        plan = self._plan_all()
+        n = len(plan.paths)
+        with torch.inference_mode():
+            g = self._readout(u)
+            means = g.new_empty(n)
+            mean_abs = g.new_empty(n)
+            for rows, block in self._projected(plan, g, u, bu):
+                sel = block[:, m]  # [n, selected positions]
+                means[rows] = sel.mean(-1)
+                mean_abs[rows] = sel.abs().mean(-1)
+        return _ranked(plan.paths, means, mean_abs, k, by)
 
     # ------------------------------------------------------------------ loss
     def _prediction_mask(self, mask: torch.Tensor | None) -> torch.Tensor:

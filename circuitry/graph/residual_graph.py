@@ -130,28 +130,31 @@ class ResidualGraph(nx.MultiDiGraph):
                 raise UsageError(f"score name {name!r} clashes with a node attribute "
                                  f"({', '.join(RESERVED_NODE_ATTRS)}); rename it")
             t = self._check_scores_shape(f"scores[{name!r}]", value, (L, H))
-            for layer in range(L):
-                for h in range(H):
-                    node = head_name(layer, h)
-                    if node in self:
-                        self.nodes[node][name] = float(t[layer, h])
+            for node, v in zip(self._head_names(), t.reshape(-1).tolist()):
+                if node in self:
+                    self.nodes[node][name] = v
         return self
+
+    def _head_names(self) -> list[str]:
+        """Every head's name in flat order (layer * n_heads + head), whether or not the graph holds it."""
+        return [head_name(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
 
     def add_composition(self, composition: Mapping[str, Any]) -> "ResidualGraph":
         """Attach composition scores {"Q"|"K"|"V": tensor [layer, head, layer, head]} to head->head edges."""
         L, H = self.n_layers, self.n_heads
+        layer = torch.arange(L * H) // H
+        sender, receiver = torch.nonzero(layer[:, None] < layer[None, :], as_tuple=True)  # [pairs]
+        names = self._head_names()
+        adj = self._adj  # node -> successor -> key -> edge attributes (networkx's storage)
         for kind, value in composition.items():
             key = kind.upper() if isinstance(kind, str) else kind
             if key not in ("Q", "K", "V"):
                 raise UsageError(f"composition kind must be 'Q', 'K' or 'V', got {kind!r}")
-            t = self._check_scores_shape(f"composition[{kind!r}]", value, (L, H, L, H))
-            for l1 in range(L):
-                for l2 in range(l1 + 1, L):
-                    for h1 in range(H):
-                        for h2 in range(H):
-                            u, v = head_name(l1, h1), head_name(l2, h2)
-                            if self.has_edge(u, v, key):
-                                self.edges[u, v, key]["composition"] = float(t[l1, h1, l2, h2])
+            t = self._check_scores_shape(f"composition[{kind!r}]", value, (L, H, L, H)).reshape(L * H, L * H)
+            for i, j, v in zip(sender.tolist(), receiver.tolist(), t[sender, receiver].tolist()):
+                attrs = adj.get(names[i], {}).get(names[j], {}).get(key)
+                if attrs is not None:
+                    attrs["composition"] = v
         return self
 
     # --------------------------------------------------------------- circuit

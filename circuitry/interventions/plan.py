@@ -27,19 +27,35 @@ A modifier `fn(x, rows)` edits rows `rows` of a cloned activation (or of the
 starting residual) in place. Actions are built when a pass needs them and
 released after it (`Context.release`); `Context.stage` and
 `Context.unchanged` validate and classify parts without building them.
+Everything that needs the host to wait for the device (a mask's positions,
+comparisons with the clean run) happens when a part is checked, before any
+pass runs; building and applying actions only queues tensor operations.
+
+`read_names` says which hook points of the clean run a sweep reads (a start
+stage's residual stream, the clean outputs changes are measured against,
+patterns to freeze), so that a clean run made for a sweep caches nothing more.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from circuitry.errors import UsageError
 from circuitry.interventions.positions import fit_mask
-from circuitry.interventions.records import Ablation, CleanRun, EdgePatch, Part, node_site, part_site
+from circuitry.interventions.records import (
+    Ablation,
+    CleanRun,
+    EdgePatch,
+    Intervention,
+    Part,
+    node_site,
+    part_site,
+    parts_of,
+)
 from circuitry.names import Site, check_site
 
 Modifier = Callable[..., None]  # (activation, rows) -> None: changes the rows of the activation in place
@@ -59,6 +75,64 @@ class Action:
 def stage_layers(stage: int, n_layers: int) -> float:
     """Blocks a run starting at `stage` computes (a start at an MLP counts half a block)."""
     return n_layers - stage / 2
+
+
+def site_stage(cfg, site: Site) -> int:
+    """The earliest stage whose residual a change of `site` changes: a head's or attention's output changes the
+    residual entering the MLP (sequential MLPs) or the next block; an MLP's output and a block's output the
+    next block's input; anything read inside a block (q, k, v, their inputs, patterns, the block's input) that
+    block's input."""
+    l = site.layer
+    sequential_mlp = not cfg.attn_only and not cfg.parallel_attn_mlp
+    if site.kind in ("z", "attn_out"):
+        return 2 * l + 1 if sequential_mlp else 2 * l + 2
+    return 2 * l + {"resid_mid": 1, "resid_post": 2, "mlp_out": 2}.get(site.kind, 0)
+
+
+def edge_stage(cfg, edge) -> int:
+    """The stage where an edge's receiver reads: its layer's input (Q/K/V; a parallel MLP), its MLP's input
+    (a sequential MLP), the final residual (direct)."""
+    if edge.kind == "direct":
+        return 2 * cfg.n_layers
+    return 2 * edge.receiver.layer + (1 if edge.kind == "mlp_in" and not cfg.parallel_attn_mlp else 0)
+
+
+def part_stage(cfg, part: Part) -> int:
+    """The earliest stage `part` changes (validated against the model)."""
+    if isinstance(part, EdgePatch):
+        return edge_stage(cfg, part.edge.check(cfg))
+    if isinstance(part, Ablation):
+        part.node.check(cfg)
+    return site_stage(cfg, check_site(part_site(part), cfg))
+
+
+def stage_hook(cfg, stage: int) -> str:
+    """The hook point holding the residual stream at `stage` (the last block's output for the final one)."""
+    L = cfg.n_layers
+    if stage == 2 * L:
+        return f"blocks.{L - 1}.hook_resid_post"
+    l, mid = divmod(stage, 2)
+    return f"blocks.{l}.hook_resid_mid" if mid else f"blocks.{l}.hook_resid_pre"
+
+
+def read_names(cfg, items: Iterable[Intervention]) -> list[str]:
+    """The hook points of the clean run a sweep of `items` reads, in order, once each: the residual stream at
+    each intervention's start stage, the clean value of every site a part replaces or sends from (what its
+    change is measured against, and what mean and resample replacements without a reference average or draw
+    from), and every attention pattern when an ablation preserves patterns."""
+    names: list[str] = []
+    patterns = False
+    for it in items:
+        parts = parts_of(it)
+        names.append(stage_hook(cfg, min(part_stage(cfg, p) for p in parts)))
+        for p in parts:
+            site = node_site(p.edge.sender) if isinstance(p, EdgePatch) else part_site(p)
+            assert site is not None
+            names.append(check_site(site, cfg).hook)
+            patterns = patterns or (isinstance(p, Ablation) and p.preserve_patterns)
+    if patterns:
+        names += [f"blocks.{l}.attn.hook_pattern" for l in range(cfg.n_layers)]
+    return list(dict.fromkeys(names))
 
 
 def _setter(idx: tuple, new: torch.Tensor, mask: torch.Tensor | None) -> Modifier:
@@ -81,7 +155,7 @@ def _adder(delta: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor] | None)
 
 
 class Context:
-    """What interventions read, computed once per sweep: clean and reference activations, W_O."""
+    """What interventions read, computed once per sweep: clean and reference activations, W_O, masks."""
 
     def __init__(self, model, clean: CleanRun, reference: CleanRun | None) -> None:
         self.model, self.cfg = model, model.cfg
@@ -90,17 +164,19 @@ class Context:
         if reference is not None and reference.tokens.shape[1] < self.pos:
             raise UsageError(f"the reference batch has {reference.tokens.shape[1]} positions, fewer than "
                              f"the clean batch ({self.pos}); it needs at least as many")
-        self._W_O: torch.Tensor | None = None
+        self._W_O: dict[int, torch.Tensor] = {}  # layer -> W_O [head, d_head, d_model]
+        self._masks: dict[Part, torch.Tensor | None] = {}
+        self._where: dict[Part, tuple[torch.Tensor, ...]] = {}  # a masked part -> its (rows, positions)
         self._new: dict[tuple[Site, str], torch.Tensor] = {}
         self._actions: dict[Part, Action] = {}
         self._checked: dict[Part, tuple[int, bool | None]] = {}  # part -> (stage, unchanged or None: not known)
 
     # ---------------------------------------------------------------- reads
-    @property
-    def W_O(self) -> torch.Tensor:
-        if self._W_O is None:
-            self._W_O = self.model.W_O.detach()  # [layer, head, d_head, d_model]
-        return self._W_O
+    def W_O(self, layer: int) -> torch.Tensor:
+        """The output weights of layer `layer`'s heads [head, d_head, d_model] (one layer's, not all stacked)."""
+        if layer not in self._W_O:
+            self._W_O[layer] = self.model.blocks[layer].attn.W_O.detach()
+        return self._W_O[layer]
 
     @staticmethod
     def _act(run: CleanRun, name: str, what: str) -> torch.Tensor:
@@ -116,11 +192,7 @@ class Context:
 
     def stage_resid(self, stage: int) -> torch.Tensor:
         """The clean residual stream at `stage` [batch, pos, d_model]."""
-        L = self.cfg.n_layers
-        if stage == 2 * L:
-            return self.clean_act(f"blocks.{L - 1}.hook_resid_post")
-        l, mid = divmod(stage, 2)
-        return self.clean_act(f"blocks.{l}.hook_resid_mid" if mid else f"blocks.{l}.hook_resid_pre")
+        return self.clean_act(stage_hook(self.cfg, stage))
 
     def _hook_of(self, run: CleanRun, site: Site) -> str:
         """The hook a run's cache holds the site under (a block's output is also the next block's input)."""
@@ -190,40 +262,38 @@ class Context:
         return self._new[key]
 
     def mask(self, part: Part) -> torch.Tensor | None:
-        return fit_mask(part.at, self.batch, self.pos, self.clean.tokens.device, part.name)
+        """The part's positions on the run's device [batch, pos] (None: every position), moved there once."""
+        if part not in self._masks:
+            self._masks[part] = fit_mask(part.at, self.batch, self.pos, self.clean.tokens.device, part.name)
+        return self._masks[part]
 
     def output(self, site: Site, raw: torch.Tensor) -> torch.Tensor:
         """What a z / attn_out / mlp_out activation writes into the residual stream [..., d_model]."""
         if site.kind == "z":
-            return raw @ self.W_O[site.layer, site.head]
+            return raw @ self.W_O(site.layer)[site.head]
         return raw
 
-    def _output_delta(self, site: Site, method: str, mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple | None]:
-        """(new - clean) output: [batch or 1, pos, d_model] for mask None, else ([n, d_model], (rows, positions))
-        at the n True entries of the mask."""
+    def _output_delta(self, site: Site, method: str, part: Part) -> tuple[torch.Tensor, tuple | None]:
+        """(new - clean) output: [batch or 1, pos, d_model] for a part without a mask, else ([n, d_model],
+        (rows, positions)) at the n True entries of its mask (found when the part was checked)."""
         new, clean = self.new_value(site, method), self.clean_value(site)
-        if mask is None:
+        where = self._where.get(part)
+        if where is None:
             return self.output(site, new - clean), None
-        where = mask.nonzero(as_tuple=True)
         new = new.expand_as(clean)
         return self.output(site, new[where] - clean[where]), where
 
     # ------------------------------------------------------------ classify
-    def _site_stage(self, site: Site) -> int:
-        l, cfg = site.layer, self.cfg
-        sequential_mlp = not cfg.attn_only and not cfg.parallel_attn_mlp
-        if site.kind in ("z", "attn_out"):
-            return 2 * l + 1 if sequential_mlp else 2 * l + 2
-        return 2 * l + {"resid_mid": 1, "resid_post": 2, "mlp_out": 2}.get(site.kind, 0)
-
     def _check(self, part: Part) -> tuple[int, bool | None]:
         """(stage, unchanged): validates the part against the model, its positions and the runs."""
         if part not in self._checked:
             mask = self.mask(part)
+            if mask is not None:
+                self._where[part] = mask.nonzero(as_tuple=True)
             if isinstance(part, EdgePatch):
                 edge = part.edge.check(self.cfg)
                 site = node_site(edge.sender)
-                stage = self._edge_stage(edge)
+                stage = edge_stage(self.cfg, edge)
             else:
                 if isinstance(part, Ablation):
                     part.node.check(self.cfg)
@@ -231,7 +301,7 @@ class Context:
                         for l in range(self.cfg.n_layers):
                             self.clean_act(f"blocks.{l}.attn.hook_pattern")
                 site = check_site(part_site(part), self.cfg)
-                stage = self._site_stage(site)
+                stage = site_stage(self.cfg, site)
             new = self.new_value(site, part.method)
             unchanged = None
             if self.has_clean(site):
@@ -240,14 +310,6 @@ class Context:
                 unchanged = torch.equal(new, clean) if mask is None else torch.equal(new[mask], clean[mask])
             self._checked[part] = (stage, unchanged)
         return self._checked[part]
-
-    def _edge_stage(self, edge) -> int:
-        """The stage where an edge's receiver reads: its layer's input (Q/K/V; a parallel MLP), its MLP's input
-        (a sequential MLP), the final residual (direct)."""
-        cfg = self.cfg
-        if edge.kind == "direct":
-            return 2 * cfg.n_layers
-        return 2 * edge.receiver.layer + (1 if edge.kind == "mlp_in" and not cfg.parallel_attn_mlp else 0)
 
     def stage(self, part: Part) -> int:
         """The earliest stage the part changes (validating it first)."""
@@ -272,30 +334,30 @@ class Context:
     def _build(self, part: Part) -> Action:
         mask = self.mask(part)
         if isinstance(part, EdgePatch):
-            return self._edge_action(part, mask)
+            return self._edge_action(part)
         site = check_site(part_site(part), self.cfg)
-        act = self._site_action(site, part.method, mask)
+        act = self._site_action(site, part, mask)
         if isinstance(part, Ablation) and part.preserve_patterns:
             act.always = self._freeze_patterns()
         return act
 
-    def _site_action(self, site: Site, method: str, mask: torch.Tensor | None) -> Action:
-        new = self.new_value(site, method)
+    def _site_action(self, site: Site, part: Part, mask: torch.Tensor | None) -> Action:
+        new = self.new_value(site, part.method)
         idx: tuple = () if site.head is None else ((site.head,) if site.kind == "pattern" else (slice(None), site.head))
         setter = _setter(idx, new, mask)
         hooks = [(site.hook, setter)]
-        stage = self._site_stage(site)
+        stage = site_stage(self.cfg, site)
         if site.kind in RESID_SITES:
             return Action(stage, setter, 1 if site.kind == "resid_post" else 2, hooks)
         if site.kind in OUTPUT_SITES:
-            delta, where = self._output_delta(site, method, mask)
+            delta, where = self._output_delta(site, part.method, part)
             return Action(stage, _adder(delta, where), 0, hooks)
         return Action(stage, None, 0, hooks)  # inside the layer: q, k, v, their inputs, patterns
 
-    def _edge_action(self, part: EdgePatch, mask: torch.Tensor | None) -> Action:
+    def _edge_action(self, part: EdgePatch) -> Action:
         edge = part.edge.check(self.cfg)
         site = node_site(edge.sender)
-        delta, where = self._output_delta(site, part.method, mask)
+        delta, where = self._output_delta(site, part.method, part)
         if edge.kind == "direct":
             L = self.cfg.n_layers
             add = _adder(delta, where)
@@ -303,7 +365,7 @@ class Context:
         recv = edge.receiver
         assert recv is not None
         if edge.kind == "mlp_in":  # the MLP's own copy of its input [batch, pos, d_model]
-            return Action(self._edge_stage(edge), None, 0, [], [(f"blocks.{recv.layer}.hook_mlp_in",
+            return Action(edge_stage(self.cfg, edge), None, 0, [], [(f"blocks.{recv.layer}.hook_mlp_in",
                                                                  _adder(delta, where))])
         name = f"blocks.{recv.layer}.attn.hook_{edge.kind.lower()}_input"  # [batch, pos, head, d_model]
         add_head = _adder(delta, where)

@@ -1,16 +1,32 @@
 """Running interventions: one at a time (naive) or many per forward pass (batched).
 
-Batched sweeps stack the clean batch once per intervention along the batch
-dimension (each copy carries its own intervention, applied to its rows only),
-split into chunks of at most `max_batch` rows, and start every chunk at the
-latest stage its copies allow: the cached clean residual there, repeated,
-changed by the copies' starts (see `circuitry.interventions.plan`). Copies
-with different start stages never share a pass, so no copy computes a block
-it does not need, and interventions that change nothing (every replacement
-equals the clean activation it replaces, as for positions before the first
-token where clean and corrupted prompts differ) are not run: their value is
-the clean run's. The metric is evaluated per copy on logits made from the
-final residual, so full logits for all copies are never held at once.
+Batched sweeps give every intervention a copy of the clean batch (each copy
+carries its own intervention, applied to its rows only), stack as many
+copies along the batch dimension as one pass may hold (`pass_rows`), and
+start every pass at the latest stage its copies allow: the cached clean
+residual there, repeated, changed by the copies' starts (see
+`circuitry.interventions.plan`). Nothing before that stage is computed
+again: it is the clean run's. Copies with different start stages never
+share a pass, so no copy computes a block it does not need, and
+interventions that change nothing (every replacement equals the clean
+activation it replaces, as for positions before the first token where clean
+and corrupted prompts differ) are not run: their value is the clean run's.
+The metric is evaluated per copy on logits made from the final residual, so
+the logits of one copy at a time are held, as in a single forward pass.
+
+How many copies share a pass: as many as fit in the bytes one copy's pass
+takes (at least `MIN_PASS_BYTES`), and never more than the memory budget
+allows. A pass of the clean batch's size keeps the peak memory near one
+forward pass's; larger passes are not faster per row on a CPU (and often
+slower: their activations no longer stay in the caches, and every fresh
+allocation of that size costs page faults), while batches too small to keep
+the cores busy are stacked up to `MIN_PASS_BYTES`. `max_batch` sets the rows
+of a pass explicitly (for an accelerator with memory to spare). Inside the
+loop over passes nothing waits for the device: masks' positions and
+unchanged interventions are found before the first pass.
+
+`sweep_clean_run` makes a clean run that caches only what a sweep of given
+interventions reads; `run_interventions` makes one when given tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from circuitry.errors import UsageError
-from circuitry.interventions.plan import Context, check_targets, collect, stage_layers
+from circuitry.interventions.plan import Context, check_targets, collect, read_names, stage_layers
 from circuitry.interventions.records import (
     Ablation,
     CleanRun,
@@ -51,11 +67,26 @@ def _needs_head_inputs(items: Iterable[Intervention]) -> bool:
                for it in items for p in parts_of(it))
 
 
-def _as_clean(model, clean: CleanRun | torch.Tensor, items: tuple[Intervention, ...]) -> CleanRun:
+def sweep_clean_run(model, tokens: torch.Tensor, interventions: Iterable[Intervention]) -> CleanRun:
+    """The clean run of `model` on tokens [batch, pos] that a sweep of `interventions` needs, caching nothing
+    more (`plan.read_names`: the residual stream at each one's start, the clean values of the sites they
+    change, patterns to freeze). A `clean_run` (what checks share) serves any sweep; this one, only these
+    interventions, at a fraction of the memory."""
+    items = as_interventions(interventions)
+    tokens = model.check_tokens(tokens)
+    check_targets(model.cfg, [part for it in items for part in parts_of(it)])
+    with torch.inference_mode():
+        logits, cache = model.run_with_cache(tokens, names=read_names(model.cfg, items))
+    return CleanRun(tokens, logits, cache)
+
+
+def _as_clean(model, clean: CleanRun | torch.Tensor, items: tuple[Intervention, ...], method: str) -> CleanRun:
     if isinstance(clean, CleanRun):
         return clean
     if isinstance(clean, torch.Tensor):
-        return clean_run(model, clean, patterns=_needs_patterns(items), extra=patched_site_names(items))
+        if method == "naive":
+            return clean_run(model, clean, patterns=_needs_patterns(items), extra=patched_site_names(items))
+        return sweep_clean_run(model, clean, items)
     raise UsageError(f"clean must be a CleanRun or a token tensor [batch, pos], got {type(clean).__name__}")
 
 
@@ -87,14 +118,15 @@ def run_with_intervention(model, clean: CleanRun | torch.Tensor, intervention: I
     """Logits [batch, pos, d_vocab] of one full run with `intervention` applied."""
     with torch.inference_mode():
         check_targets(model.cfg, list(parts_of(intervention)))
-        clean = _as_clean(model, clean, (intervention,))
+        clean = _as_clean(model, clean, (intervention,), "naive")
         return model.run_with_hooks(clean.tokens, intervention_hooks(model, clean, intervention, reference))
 
 
-def default_max_batch(cfg, pos: int, budget: float | None = None,
-                      per_head_inputs: bool = False) -> int:
-    """Rows per forward pass that fit `budget` bytes (default: the memory budget, `circuitry.budget`), by a
-    rough estimate of a block's live activations.
+MIN_PASS_BYTES = 64 * 2**20  # passes of smaller batches stack copies up to this size (about 64 MiB of activations)
+
+
+def pass_bytes(cfg, rows: int, pos: int, per_head_inputs: bool = False) -> int:
+    """Bytes a forward pass over rows x pos tokens holds at once, by a rough estimate of a block's live activations.
 
     Per row and position (float32): ~12 d_model (residual, normalised input, q/k/v, z, outputs),
     3 d_mlp (pre, post, output), 3 head x pos (scores, pattern), and 2 head x d_model
@@ -103,15 +135,32 @@ def default_max_batch(cfg, pos: int, budget: float | None = None,
     per_pos = 12 * cfg.d_model + 3 * (cfg.d_mlp or 0) + 3 * cfg.n_heads * pos
     if per_head_inputs:
         per_pos += 2 * cfg.n_heads * cfg.d_model
+    return 4 * int(rows) * int(pos) * per_pos
+
+
+def default_max_batch(cfg, pos: int, budget: float | None = None,
+                      per_head_inputs: bool = False) -> int:
+    """Rows per forward pass that fit `budget` bytes (default: the memory budget, `circuitry.budget`), by
+    `pass_bytes`'s estimate (at least one)."""
     if budget is None:
         from circuitry.budget import memory_budget
 
         budget = memory_budget()
-    return max(1, int(budget // (4 * pos * per_pos)))
+    return max(1, int(budget // pass_bytes(cfg, 1, pos, per_head_inputs)))
+
+
+def pass_rows(cfg, batch: int, pos: int, budget: float | None = None, per_head_inputs: bool = False) -> int:
+    """Rows of one pass of a batched sweep over copies of a batch [batch, pos]: as many whole copies as fit in
+    the bytes of one copy's pass or `MIN_PASS_BYTES`, whichever is larger, and no more than fit `budget`
+    (`default_max_batch`); at least one copy (a copy's rows are never split across passes)."""
+    one = pass_bytes(cfg, batch, pos, per_head_inputs)
+    copies = max(1, max(one, MIN_PASS_BYTES) // one)
+    return min(copies * batch, default_max_batch(cfg, pos, budget, per_head_inputs))
 
 
 def _run_from_stage(model, tokens: torch.Tensor, resid: torch.Tensor, stage: int) -> torch.Tensor:
-    """The final residual [rows, pos, d_model] of a run that starts with `resid` at `stage`."""
+    """The final residual [rows, pos, d_model] of a run that starts with `resid` at `stage` (tokens [rows, pos]:
+    only their shape is read, for the positions)."""
     L = model.cfg.n_layers
     if stage == 2 * L:
         return resid
@@ -119,8 +168,7 @@ def _run_from_stage(model, tokens: torch.Tensor, resid: torch.Tensor, stage: int
     if mid:  # resume block `layer` at its MLP (sequential MLP models), as Block.forward does
         block = model.blocks[layer]
         resid = block.hook_resid_mid(resid)
-        mlp_out = block.hook_mlp_out(block.mlp(block.ln2(block.mlp_input(resid))))
-        resid = block.hook_resid_post(resid + mlp_out)
+        resid = block.hook_resid_post(resid + block.mlp_branch(resid))
         layer += 1
         if layer == L:
             return resid
@@ -160,10 +208,11 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
     (0-d or [batch]); None returns the logits of every intervention.
     reference: tokens or a CleanRun for "mean", "resample" and "corrupted" (see records.METHODS);
     tokens are run once, caching what the interventions read.
-    method "batched" (default): copies stacked along the batch, at most
-    max_batch rows per pass (default: what fits memory_budget bytes; by default the memory budget of
-    `circuitry.budget`, CIRCUITRY_MEMORY_BUDGET), each
-    pass starting at its copies' common stage; interventions that change nothing are not run.
+    method "batched" (default): one copy of the clean batch per intervention, copies stacked along the
+    batch, at most max_batch rows per pass (default `pass_rows`: the copies that fit in one copy's pass or
+    MIN_PASS_BYTES, and in memory_budget bytes; by default the memory budget of `circuitry.budget`,
+    CIRCUITRY_MEMORY_BUDGET; a pass holds at least one whole copy), each pass starting at its copies'
+    common stage; interventions that change nothing are not run.
     "naive": one full forward pass per intervention, all changes made by hooks (the reference).
     Both give the same values up to float rounding.
     progress(done, total): called after every pass with the interventions done so far.
@@ -175,7 +224,7 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
     items = as_interventions(interventions)
     with torch.inference_mode():
         check_targets(model.cfg, [part for it in items for part in parts_of(it)])
-        clean = _as_clean(model, clean, items)
+        clean = _as_clean(model, clean, items, method)
         ctx = Context(model, clean, _as_reference(model, reference, items))
         tokens = clean.tokens
         b, pos = tokens.shape
@@ -202,22 +251,28 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
                     progress(done, len(items))
         else:
             if max_batch is None:
-                max_batch = default_max_batch(model.cfg, pos, memory_budget, per_head_inputs=_needs_head_inputs(items))
+                max_batch = pass_rows(model.cfg, b, pos, memory_budget, per_head_inputs=_needs_head_inputs(items))
             per_chunk = max(1, max_batch // b)
+            stacked: dict[int, torch.Tensor] = {}  # copies -> the tokens of a pass [copies * batch, pos]
             for stage in sorted(set(stages)):
                 group = [i for i, s in enumerate(stages) if s == stage and not unchanged[i]]
+                start = ctx.stage_resid(stage)  # the clean residual every pass of this stage starts from
                 for chunk in _chunks(group, per_chunk):
                     n = len(chunk)
-                    resid = ctx.stage_resid(stage).repeat(n, 1, 1)  # [n * batch, pos, d_model]
+                    resid = start.repeat(n, 1, 1)  # [n * batch, pos, d_model], changed in place by the starts
                     copies = [(slice(j * b, (j + 1) * b), parts[i]) for j, i in enumerate(chunk)]
                     hooks = collect(ctx, copies, stage, resid)
                     ctx.release()
+                    if n not in stacked:
+                        stacked[n] = tokens.repeat(n, 1)
                     with model.hooks(hooks):
-                        final = _run_from_stage(model, tokens.repeat(n, 1), resid, stage)
-                    del hooks
-                    for (rows, _), i in zip(copies, chunk):
+                        final = _run_from_stage(model, stacked[n], resid, stage)
+                    del hooks, resid
+                    for (rows, _), i in zip(copies, chunk):  # one copy's logits at a time
                         logits = model.unembed_resid(model.ln_final(final[rows]))
                         values[i] = _value(metric, logits, tokens)
+                        del logits
+                    del final
                     n_passes, done = n_passes + 1, done + n
                     row_layers += n * b * stage_layers(stage, L)
                     if progress is not None:

@@ -3,6 +3,14 @@
 The same transformation as TransformerLens's `fold_layer_norm`: for a reader
 W (with bias b0) of LN(x) = s(x) * w + b, use W' = w[:, None] * W and
 b0' = b0 + b @ W, then (LayerNorm only) centre W' along d_model.
+
+Only the norms that precede a linear reader are folded: ln1, ln2 and
+ln_final. QK-norm weights (`attn.q_norm`, `attn.k_norm`: Qwen3, Gemma 3,
+OLMo-2) act after a normalisation of the queries and keys and before rotary,
+and post-norm weights (`ln1_post`, `ln2_post`: Gemma 2/3, OLMo-2) after a
+normalisation of a block's outputs; neither is a scale on the input of a
+linear map, so they are kept as they are (weighted) and the logits are
+unchanged.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ def fold_layer_norm(model, center_weights: bool = True) -> None:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if cfg.tied_embeddings:
             state["unembed.W_U"] = model.W_U.detach().clone()
-        for l in range(cfg.n_layers):
+        for l in range(cfg.n_layers if cfg.pre_norms else 0):  # without pre-norms only ln_final is folded
             p = f"blocks.{l}."
             w, b = state.pop(p + "ln1.w"), state.pop(p + "ln1.b", None)
             for m in ("Q", "K", "V"):

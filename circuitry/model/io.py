@@ -212,11 +212,12 @@ def read_torch_file(file: Path) -> Any:
         raise ModelLoadError(f"{file}: {_pickle_problem(exc, file)}") from None
 
 
-def require_memory(cfg: ModelConfig, where: str, copies: int = 2, extra: int = 0) -> None:
+def require_memory(cfg: ModelConfig, where: str, copies: int = 2, extra: int = 0, bytes_per_param: int = 4) -> None:
     """A ModelLoadError (exit 2) before anything is allocated when loading the model of `cfg`
     (`copies` copies of its weights, plus `extra` bytes) would exceed the memory budget."""
     try:
-        require(cfg.memory_estimate(copies) + extra, f"{where}: a model of {cfg.n_params_estimate():,} parameters")
+        require(cfg.memory_estimate(copies, bytes_per_param) + extra,
+                f"{where}: a model of {cfg.n_params_estimate():,} parameters")
     except UsageError as exc:
         raise ModelLoadError(str(exc)) from None
 
@@ -238,7 +239,8 @@ def _config_of(weights: Path, config_file: Path, single: bool) -> tuple[ModelCon
     raise ModelLoadError(f"{weights}: no {CONFIG} beside it and no config in its metadata")
 
 
-def load_model_file(path: str | Path, device: str | torch.device | None = None) -> HookedTransformer:
+def load_model_file(path: str | Path, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> HookedTransformer:
     """Load a model saved by `save_model` (a directory or a .safetensors file).
 
     The config is read and checked, and the memory the model needs is compared with the
@@ -259,16 +261,14 @@ def load_model_file(path: str | Path, device: str | torch.device | None = None) 
         weights, config_file = path, path.parent / CONFIG
     cfg, origin = _config_of(weights, config_file, single=kind == "file")
     require_memory(cfg, origin, copies=1, extra=weights.stat().st_size)
-    state = read_safetensors(weights)
-    model = HookedTransformer(cfg, seed=None)
-    load_state(model, state, where=str(weights))
+    model = build_model(cfg, read_safetensors(weights), str(weights), dtype, device)
     model.source = str(path)
     if kind == "dir":
         tokenizer: Any = word_tokenizer(path / TOKENIZER, cfg)  # the model's attribute is typed for HF's too
         model.tokenizer = tokenizer
         if tokenizer is None:
             model.tokenizer_note = f"{path} has no {TOKENIZER} in circuitry's word-tokenizer format"
-    return model.to(device) if device else model
+    return model
 
 
 def word_tokenizer(file: Path, cfg: ModelConfig) -> WordTokenizer | None:
@@ -295,7 +295,8 @@ def check_weights(state: dict[str, torch.Tensor], where: str) -> None:
         if not v.is_floating_point():
             raise ModelLoadError(f"{where}: tensor {k} has dtype {str(v.dtype).removeprefix('torch.')}; "
                                  f"weights must be real floating-point numbers")
-        if v.numel() and not bool(torch.isfinite(v).all()):
+        # NaN and inf show in the minimum or the maximum (one fast pass, no temporary the size of the tensor)
+        if v.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(v))).all()):
             bad = "NaN" if bool(torch.isnan(v).any()) else "infinite"
             raise ModelLoadError(f"{where}: tensor {k} holds {bad} values")
 
@@ -324,6 +325,22 @@ def check_shapes(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Te
     for k, v in state.items():
         if k in expected and tuple(v.shape) != expected[k]:
             raise ModelLoadError(f"{where}: tensor {k} has shape {tuple(v.shape)}, config expects {expected[k]}")
+
+
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str, dtype: torch.dtype | None = None,
+                device: str | torch.device | None = None) -> HookedTransformer:
+    """A model of `cfg` whose parameters are the tensors of `state` (checked as `load_state` checks them),
+    each converted to `dtype` (float32 by default) and moved to `device` one at a time, so the weights are
+    never held twice. `state` is emptied."""
+    model = HookedTransformer(cfg, seed=None, device="meta")
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, where)
+    check_weights(state, where)
+    dtype, device = dtype or torch.float32, torch.device(device or "cpu")
+    params: dict[str, torch.Tensor] = {}
+    for k in list(state):
+        params[k] = state.pop(k).to(device=device, dtype=dtype)
+    model.load_state_dict(params, strict=True, assign=True)
+    return model
 
 
 def load_state(model: HookedTransformer, state: dict[str, torch.Tensor], where: str) -> None:

@@ -37,14 +37,21 @@ class Params(nn.Module):
 class HookedTransformer(nn.Module):
     """Decoder-only transformer with hook points; see `ModelConfig` for the options."""
 
-    def __init__(self, cfg: ModelConfig, seed: int | None = 0) -> None:
+    def __init__(self, cfg: ModelConfig, seed: int | None = 0, *, dtype: torch.dtype | None = None,
+                 device: str | torch.device | None = None) -> None:
+        """Parameters in `dtype` (float32 by default) on `device` (cpu by default), allocated once in that
+        dtype: random when `seed` is given, else norm weights one and every other tensor zero."""
         super().__init__()
-        self._build(cfg)
+        with torch.device("meta"):
+            self._build(cfg)
+        device = torch.device(device) if device is not None else torch.get_default_device()
+        if device.type != "meta":  # meta: shapes only, or parameters assigned later (`load_state_dict(assign=True)`)
+            self.materialise(dtype or torch.float32, device)
         self.source: str | None = None  # where the weights were loaded from
         self.tokenizer = None  # a Hugging Face tokenizer when the model source provides one
         self.trained_positions: int | None = None  # positions the model works in, when its card says so
         self.tokenizer_note = ""  # why a model has no tokenizer, when its source knows
-        if seed is not None:
+        if seed is not None and device.type != "meta":
             self.init_weights(seed)
 
     def _build(self, cfg: ModelConfig) -> None:
@@ -56,7 +63,7 @@ class HookedTransformer(nn.Module):
             self.pos_embed = Params()
             self.pos_embed.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, l) for l in range(cfg.n_layers))
         self.ln_final = Norm(cfg.normalization, cfg.d_model, cfg.norm_eps)
         self.unembed = Params()
         if not cfg.tied_embeddings:
@@ -69,15 +76,27 @@ class HookedTransformer(nn.Module):
                 mod.name = name
                 self.hook_dict[name] = mod
 
+    def materialise(self, dtype: torch.dtype, device: str | torch.device) -> None:
+        """Give every parameter still on the meta device real memory: ones for norm weights, zeros else."""
+        for mod in self.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and p.is_meta:
+                    fill = torch.ones if isinstance(mod, Norm) and name == "w" else torch.zeros
+                    mod._parameters[name] = nn.Parameter(fill(p.shape, dtype=dtype, device=device),
+                                                         requires_grad=p.requires_grad)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.W_E.dtype
+
     def init_weights(self, seed: int = 0) -> None:
         """Random weights: W_E, W_pos ~ N(0, 1), other matrices ~ N(0, 1/fan-in); norms 1, biases 0."""
         gen = torch.Generator().manual_seed(seed)
-        params = dict(self.named_parameters())
-        cpu = {k: torch.empty_like(v, device="cpu") for k, v in params.items()}
-        init_normal_(cpu, self.cfg, gen)
         with torch.no_grad():
-            for k, v in params.items():
+            for k, v in self.named_parameters():  # one float32 tensor at a time: the same draws in every dtype
                 if k.rsplit(".", 1)[-1].startswith("W_"):
+                    cpu = {k: torch.empty(v.shape, dtype=torch.float32)}
+                    init_normal_(cpu, self.cfg, gen)
                     v.copy_(cpu[k])
 
     # ------------------------------------------------------------------ input
@@ -99,7 +118,7 @@ class HookedTransformer(nn.Module):
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise InputError(f"tokens must have shape [batch, pos] with pos >= 1, got {tuple(tokens.shape)}")
-        if tokens.numel():
+        if tokens.numel() and tokens.device.type == "cpu":  # ids on an accelerator were checked when made
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.cfg.d_vocab:
                 bad = hi if hi >= self.cfg.d_vocab else lo
@@ -110,8 +129,12 @@ class HookedTransformer(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The residual stream entering block 0 [batch, pos, d_model]."""
-        resid = self.hook_embed(self.embed.W_E[tokens])
+        """The residual stream entering block 0 [batch, pos, d_model]. `hook_embed` includes `cfg.embed_scale`
+        (rounded to the model's dtype first, as transformers does for Gemma)."""
+        emb = self.embed.W_E[tokens]
+        if self.cfg.embed_scale is not None:
+            emb = emb * torch.tensor(self.cfg.embed_scale, dtype=emb.dtype, device=emb.device)
+        resid = self.hook_embed(emb)
         if self.cfg.positional == "learned":
             pos = self.pos_embed.W_pos[: tokens.shape[1]]
             resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], -1, -1))
@@ -132,18 +155,26 @@ class HookedTransformer(nn.Module):
             resid = self.embed_tokens(tokens)
         rotary = None
         if self.cfg.positional == "rotary":
-            rotary = rotary_tables(self.cfg, tokens.shape[1], resid.device)
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            resid = block(resid, rotary)
+            cos, sin = rotary_tables(self.cfg, tokens.shape[1], resid.device)  # float32 [pos, n_rotary]
+            rotary = cos.to(resid.dtype), sin.to(resid.dtype)
+        local_rotary = rotary
+        if rotary is not None and self.cfg.rotary_base_local is not None:  # local layers rotate with their own base
+            cos, sin = rotary_tables(self.cfg, tokens.shape[1], resid.device, local=True)
+            local_rotary = cos.to(resid.dtype), sin.to(resid.dtype)
+        for l in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
+            resid = self.blocks[l](resid, local_rotary if self.cfg.is_local(l) else rotary)
         if stop_at_layer is not None:
             return resid
         return self.unembed_resid(self.ln_final(resid))
 
     def unembed_resid(self, x: torch.Tensor) -> torch.Tensor:
-        """x @ W_U + b_U for a normalised final residual x [..., d_model]."""
+        """x @ W_U + b_U for a normalised final residual x [..., d_model], soft-capped (cap * tanh(logits / cap))
+        when the model has `output_logits_soft_cap`."""
         out = x @ self.W_U
         b_U = getattr(self.unembed, "b_U", None)
-        return out if b_U is None else out + b_U
+        out = out if b_U is None else out + b_U
+        cap = self.cfg.output_logits_soft_cap
+        return out if cap is None else torch.tanh(out / cap) * cap
 
     def loss(self, tokens: torch.Tensor, logits: torch.Tensor | None = None,
              per_token: bool = False) -> torch.Tensor:
@@ -217,7 +248,7 @@ class HookedTransformer(nn.Module):
             mod = getattr(block, module)
             w = getattr(mod, attr, None)
             if w is None:
-                w = torch.zeros(shape, device=self.device)  # type: ignore[arg-type]
+                w = torch.zeros(shape, device=self.device, dtype=self.dtype)  # type: ignore[arg-type]
             elif expand_kv and w.shape[0] != self.cfg.n_heads:
                 w = w.repeat_interleave(self.cfg.n_heads // w.shape[0], 0)
             out.append(w)
@@ -283,7 +314,7 @@ class HookedTransformer(nn.Module):
     @property
     def W_pos(self) -> torch.Tensor:
         if self.cfg.positional != "learned":
-            return torch.zeros(self.cfg.n_ctx, self.cfg.d_model, device=self.device)
+            return torch.zeros(self.cfg.n_ctx, self.cfg.d_model, device=self.device, dtype=self.dtype)
         return self.pos_embed.W_pos  # [n_ctx, d_model]
 
     @property
@@ -295,7 +326,7 @@ class HookedTransformer(nn.Module):
     @property
     def b_U(self) -> torch.Tensor:
         b = getattr(self.unembed, "b_U", None)
-        return torch.zeros(self.cfg.d_vocab, device=self.device) if b is None else b
+        return torch.zeros(self.cfg.d_vocab, device=self.device, dtype=self.dtype) if b is None else b
 
     @property
     def W_OV(self) -> torch.Tensor:
@@ -327,11 +358,12 @@ class HookedTransformer(nn.Module):
 
     def with_config(self, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
         """Rebuild the modules for a new config and load `state` into them (same device and dtype)."""
-        device, dtype = self.device, self.embed.W_E.dtype
+        device, dtype = self.device, self.dtype
         for name in list(self._modules):
             delattr(self, name)
-        self._build(cfg)
-        self.to(device=device, dtype=dtype)
+        with torch.device("meta"):
+            self._build(cfg)
+        self.materialise(dtype, device)
         self.load_state_dict(state, strict=True)
 
     def replace_config(self, **changes) -> ModelConfig:

@@ -147,6 +147,12 @@ def check_kinds(manager: Any = None) -> dict[str, Any]:
     return dict((manager or get_manager()).check_kinds())
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+MODEL_REF = Str(pattern=r"\S.*", pattern_doc="a model reference: builtin:NAME, a path, hf:NAME ...",
+                doc="a model reference: builtin:NAME, a path, hf:PATH or tl:PATH (paths relative to the spec's "
+                    "directory, then to the working directory), hf:NAME ...")
+
+
 def spec_schema(manager: Any = None) -> Obj:
     """The schema of a v1 spec, with one check variant per registered check kind."""
     kinds = check_kinds(manager)
@@ -165,10 +171,12 @@ def spec_schema(manager: Any = None) -> Obj:
                                  doc="written by `discover --method eap|eap-ig`: the method, its steps, the "
                                      "edges kept and the faithfulness curve's areas"),
         }), required=True),
-        "model": Field(Str(pattern=r"\S.*", pattern_doc="a model reference: builtin:NAME, a path, hf:NAME ...",
-                           doc="a model reference: builtin:NAME, a path, hf:PATH or tl:PATH (paths relative to "
-                               "the spec's directory, then to the working directory), hf:NAME ..."),
-                       required=True),
+        "model": Field(AnyOf((MODEL_REF, Obj({
+            "ref": Field(MODEL_REF, required=True),
+            "dtype": Field(Str(choices=DTYPES), doc="the dtype the weights and the forward pass run in "
+                                                    "(default float32)"),
+        }, doc="a model reference with the dtype to load it in"))), required=True,
+            doc="the model: a reference, or {ref: REFERENCE, dtype: float32|bfloat16|float16}"),
         "data": Field(DATA, doc="the data of the clean run (default: repeated); {task: FILE} names a task file, "
                                 "as `task:` does"),
         "task": Field(AnyOf((Str(pattern=r"\S.*", pattern_doc="the path of a task file"), _inline_task_schema())),
@@ -228,6 +236,7 @@ class CircuitSpec:
     description: str = ""
     warnings: tuple[str, ...] = ()  # footguns found when the spec loaded (file:line:col: message)
     task: Any = None  # a circuitry.tasks.format.TaskFile when the spec checks a contrastive task
+    dtype: str | None = None  # the dtype of the model section (None: the loader's default, float32)
 
     @property
     def task_key(self) -> tuple:
@@ -277,8 +286,10 @@ def _semantics(doc: Document, found: _Problems, manager: Any) -> CircuitSpec | N
     task = _task(doc, found, data)
     if found.errors:
         return None
-    spec = CircuitSpec(data["metadata"]["name"], data["model"], data_spec, ref, nodes, tuple(edges), tuple(checks),
-                       doc, data["metadata"].get("description", ""), task=task)
+    model = data["model"] if isinstance(data["model"], str) else data["model"]["ref"]
+    dtype = None if isinstance(data["model"], str) else data["model"].get("dtype")
+    spec = CircuitSpec(data["metadata"]["name"], model, data_spec, ref, nodes, tuple(edges), tuple(checks),
+                       doc, data["metadata"].get("description", ""), task=task, dtype=dtype)
     return replace(spec, warnings=tuple(_role_warnings(spec, manager)))
 
 

@@ -27,16 +27,16 @@ def _is_hf_dir(path) -> bool:
     return isinstance(raw, dict) and "model_type" in raw
 
 
-def _load_builtin(name: str, device=None):
+def _load_builtin(name: str, device=None, dtype=None):
     models = builtin_models()
     if name not in models:
         raise ModelLoadError(unknown_name("builtin model", name, models))
     if _is_hf_dir(models[name]):
         from circuitry.sources import load_model
 
-        model = load_model(f"hf:{models[name]}", device=device)
+        model = load_model(f"hf:{models[name]}", device=device, dtype=dtype)
     else:
-        model = load_model_file(models[name], device=device)
+        model = load_model_file(models[name], device=device, dtype=dtype)
     model.trained_positions = _reliable_positions(models[name])
     return model
 
@@ -50,8 +50,8 @@ def _reliable_positions(folder) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _load_file(path: str, device=None):
-    return load_model_file(path, device=device)
+def _load_file(path: str, device=None, dtype=None):
+    return load_model_file(path, device=device, dtype=dtype)
 
 
 @hookimpl

@@ -33,11 +33,11 @@ from circuitry.errors import ModelLoadError
 from circuitry.model import HookedTransformer, ModelConfig
 from circuitry.model.config import finite_number, show
 from circuitry.model.io import (
+    build_model,
     check_shapes,
     check_weights,
     expand,
     expected_shapes,
-    load_state,
     probe,
     read_json,
     read_safetensors,
@@ -364,7 +364,7 @@ def _tokenizer(folder: Path, name: str | None) -> tuple[Any, str]:
         return None, f"tokenizer {name!r} is not in the local Hugging Face cache"
 
 
-def load_tl(rest: str, device: Any = None) -> HookedTransformer:
+def load_tl(rest: str, device: Any = None, dtype: Any = None) -> HookedTransformer:
     """Load `tl:rest`: the config is checked and the memory the model needs compared with the
     budget before the weights are read."""
     weights, config_file = find_files(rest)
@@ -376,11 +376,10 @@ def load_tl(rest: str, device: Any = None) -> HookedTransformer:
     bos = getattr(tokenizer, "bos_token_id", None)
     if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
         cfg = ModelConfig(**{**cfg.to_dict(), "bos_token_id": bos})
-    model = HookedTransformer(cfg, seed=None)
-    load_state(model, state, where=str(weights))
+    model = build_model(cfg, state, str(weights), dtype, device)
     model.tokenizer, model.tokenizer_note = tokenizer, why
     model.eval()
-    return model.to(device) if device else model
+    return model
 
 
 @hookimpl

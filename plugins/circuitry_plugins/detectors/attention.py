@@ -24,17 +24,20 @@ usage error otherwise), never a 0/0.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 
 from circuitry.errors import UsageError
 
 
-def patterns(inp) -> torch.Tensor:
-    """All layers' patterns stacked: [layer, batch, head, q, k]."""
+def patterns(inp) -> Iterator[torch.Tensor]:
+    """Each layer's pattern in float32 (or wider), one at a time: [batch, head, q, k]."""
     if inp.cache is None:
         raise UsageError("this detector needs a cached run (attention patterns)")
-    n = inp.model.cfg.n_layers
-    return torch.stack([inp.cache[f"blocks.{l}.attn.hook_pattern"] for l in range(n)])
+    for l in range(inp.model.cfg.n_layers):
+        pattern = inp.cache[f"blocks.{l}.attn.hook_pattern"]
+        yield pattern.to(torch.promote_types(pattern.dtype, torch.float32))
 
 
 def duplicate_mask(tokens: torch.Tensor) -> torch.Tensor:
@@ -52,22 +55,23 @@ def induction_mask(tokens: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def masked_score(pat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_score(layers: Iterable[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """Mean over queries with a non-empty mask of the attention mass inside the mask -> [layer, head]."""
-    mask = mask.to(pat.dtype)  # [batch, q, k]
-    mass = torch.einsum("lbhqk,bqk->lhbq", pat, mask)  # [layer, head, batch, q]
     has = mask.sum(-1) > 0  # [batch, q]
     if not bool(has.any()):
         raise UsageError("the data has no repeated tokens, so this detector has nothing to score; "
                          "use repeated data (e.g. --data repeated)")
-    return (mass * has).sum((-1, -2)) / has.sum()
+    out = []
+    for pat in layers:  # [batch, head, q, k]
+        mass = torch.einsum("bhqk,bqk->hbq", pat, mask.to(pat.dtype))  # [head, batch, q]
+        out.append((mass * has).sum((-1, -2)) / has.sum())
+    return torch.stack(out)
 
 
 def previous_token(inp) -> torch.Tensor:
-    pat = patterns(inp)  # [layer, batch, head, q, k]
-    if pat.shape[-1] < 2:
+    if inp.batch.tokens.shape[-1] < 2:
         raise UsageError("previous_token needs sequences of at least 2 tokens")
-    return pat.diagonal(offset=-1, dim1=-2, dim2=-1).mean((1, 3))
+    return torch.stack([pat.diagonal(offset=-1, dim1=-2, dim2=-1).mean((0, 2)) for pat in patterns(inp)])
 
 
 def duplicate_token(inp) -> torch.Tensor:

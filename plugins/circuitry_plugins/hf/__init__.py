@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from circuitry import hookimpl
 from circuitry.records import Dataset, ModelSource
+from circuitry_plugins.hf import architectures  # noqa: F401 (registers Qwen3, GPT-J, Phi-3, OLMo-2, Gemma)
 from circuitry_plugins.hf.conversions import register_conversion, supported
 from circuitry_plugins.hf.text import text_batch
 
 __all__ = ["register_conversion", "supported", "load_hf"]
 
 
-def load_hf(rest: str, device=None):
+def load_hf(rest: str, device=None, dtype=None):
     from circuitry_plugins.hf.source import load_hf as _load
 
-    return _load(rest, device)
+    return _load(rest, device, dtype)
 
 
 @hookimpl

@@ -18,6 +18,7 @@ Other plugins add architectures with `register_conversion("my_type", fn)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 
 from circuitry.errors import ModelLoadError
 from circuitry.model import ModelConfig
-from circuitry.model.config import finite_number, show
+from circuitry.model.config import ROPE_KINDS, RopeScaling, finite_number, show
 
 Converted = tuple[ModelConfig, dict[str, torch.Tensor]]
 Conversion = Callable[[Any, Mapping[str, torch.Tensor]], Converted]
@@ -53,6 +54,12 @@ HF_FRACTIONS = ("rotary_pct", "partial_rotary_factor")
 HF_FLAGS = ("tie_word_embeddings", "use_parallel_residual", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
             "attention_bias", "mlp_bias", "use_sliding_window")
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
+# model types whose blocks route tokens to experts: refused with that reason
+MIXTURE_OF_EXPERTS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "granitemoe", "deepseek_v2",
+                      "deepseek_v3", "dbrx", "jamba", "jetmoe", "gpt_oss", "llama4", "llama4_text", "minimax",
+                      "qwen3_next", "flex_olmo")
+# the newer architectures (architectures.py): their shape is planned like the Llama family's
+DECODERS = ("qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text", "gptj")
 
 
 def _int(v: Any) -> bool:
@@ -83,28 +90,33 @@ def planned_config(model_type: str, config: Any) -> ModelConfig | None:
     """The shape of the model a built-in conversion will produce, from the Hugging Face config
     alone (before any weight is read): checks sizes and divisibility, and gives the memory
     estimate. None for architectures added by plugins."""
-    if model_type not in ("gpt2", "gpt_neox", *LLAMA_LIKE):
+    if model_type not in ("gpt2", "gpt_neox", *LLAMA_LIKE, *DECODERS):
         return None
+    llama_like = model_type in LLAMA_LIKE or (model_type in DECODERS and model_type != "gptj")
     d, H = cfg_get(config, "hidden_size"), cfg_get(config, "num_attention_heads")
     for name, v in (("hidden_size", d), ("num_attention_heads", H)):
         if not _int(v):
             raise ModelLoadError(f"{name} must be a positive integer, got {show(v)}")
-    dh = cfg_get(config, "head_dim") if model_type in LLAMA_LIKE else None
+    dh = cfg_get(config, "head_dim") if llama_like else None
     if dh is None:
         if d % H:
             raise ModelLoadError(f"hidden size {d} is not a multiple of the number of heads {H}")
         dh = d // H
     rotary = model_type != "gpt2"
-    rotary_dim, base = rope(config, dh, model_type, 0.25 if model_type == "gpt_neox" else 1.0) if rotary \
-        else (None, 10000.0)
-    d_mlp = cfg_get(config, "intermediate_size") if model_type != "gpt2" else cfg_get(config, "n_inner") or 4 * d
-    kv = cfg_get(config, "num_key_value_heads") if model_type in LLAMA_LIKE else None
+    # the newer decoders' rotary settings (per layer type, GPT-J's rotary_dim) are read by their conversions
+    rotary_dim, base = rope(config, dh, model_type, 0.25 if model_type == "gpt_neox" else 1.0) \
+        if rotary and model_type not in DECODERS else (None, 10000.0)
+    scaling = rope_scaling(config, rotary_dim, model_type) if rotary_dim else None
+    d_mlp = cfg_get(config, "n_inner") or 4 * d if model_type in ("gpt2", "gptj") \
+        else cfg_get(config, "intermediate_size")
+    kv = cfg_get(config, "num_key_value_heads") if llama_like else None
     return ModelConfig(
         n_layers=cfg_get(config, "num_hidden_layers"), d_model=d, n_heads=H, d_head=dh,
         d_vocab=cfg_get(config, "vocab_size"), n_ctx=cfg_get(config, "max_position_embeddings"), d_mlp=d_mlp,
-        gated_mlp=model_type in LLAMA_LIKE, normalization="RMS" if model_type in LLAMA_LIKE else "LN",
+        gated_mlp=llama_like, normalization="RMS" if llama_like else "LN",
         positional="rotary" if rotary else "learned", rotary_dim=rotary_dim, rotary_base=base,
-        n_kv_heads=kv or None, tied_embeddings=bool(cfg_get(config, "tie_word_embeddings", model_type == "gpt2")),
+        rope_scaling=scaling, n_kv_heads=kv or None,
+        tied_embeddings=bool(cfg_get(config, "tie_word_embeddings", model_type == "gpt2")),
     )
 
 
@@ -125,6 +137,10 @@ def supported() -> list[str]:
 
 
 def convert(model_type: str, config: Any, params: Mapping[str, torch.Tensor]) -> Converted:
+    if model_type in MIXTURE_OF_EXPERTS and model_type not in CONVERSIONS:
+        raise ModelLoadError(f"unsupported Hugging Face architecture {model_type!r}: a mixture-of-experts model "
+                             f"(each token is routed to a few of several MLPs); the canonical model has one dense "
+                             f"MLP per block, so it cannot represent it exactly")
     if model_type not in CONVERSIONS:
         raise ModelLoadError(f"unsupported Hugging Face architecture {model_type!r}; supported: "
                              f"{', '.join(supported())} (a plugin can add one, see docs/models.md)")
@@ -140,10 +156,13 @@ def cfg_get(config: Any, name: str, default: Any = None) -> Any:
 
 
 class Weights:
-    """The named parameters of a Hugging Face model; `take` marks a tensor used."""
+    """The named parameters of a Hugging Face model (a loaded model's, or a checkpoint read lazily);
+    `take` marks a tensor used and gives it in `dtype`: the dtype the model is built in, float32
+    unless the mapping says otherwise (its `dtype` attribute)."""
 
     def __init__(self, params: Mapping[str, torch.Tensor], arch: str) -> None:
-        self.params = {k: v.detach().to(torch.float32) for k, v in params.items()}
+        self.params = params
+        self.dtype: torch.dtype = getattr(params, "dtype", None) or torch.float32
         self.arch = arch
         self.used: set[str] = set()
 
@@ -154,7 +173,7 @@ class Weights:
         if key not in self.params:
             raise ModelLoadError(f"{self.arch} checkpoint: missing weight {key!r}")
         self.used.add(key)
-        return self.params[key]
+        return self.params[key].detach().to(self.dtype)
 
     def maybe(self, key: str) -> torch.Tensor | None:
         return self.take(key) if key in self.params else None
@@ -175,17 +194,81 @@ def activation(config: Any, key: str, arch: str) -> str:
     return HF_ACTIVATIONS[name]
 
 
-def rope(config: Any, d_head: int, arch: str, default_fraction: float = 1.0) -> tuple[int, float]:
-    """(rotary_dim, rotary_base) from a config of transformers 4.x (rope_theta, rotary_pct,
-    rope_scaling) or 5.x (rope_parameters); only unscaled ("default") rotary is supported."""
+def rope_parameters(config: Any, arch: str, layer_type: str | None = None) -> dict[str, Any]:
+    """The rotary settings of a config of transformers 4.x (rope_scaling) or 5.x (rope_parameters, nested by
+    layer type for Gemma 3: `layer_type` picks one) as one flat mapping (kind under "rope_type")."""
     params = cfg_get(config, "rope_parameters") or {}
     scaling = cfg_get(config, "rope_scaling") or {}
+    if layer_type is not None and isinstance(params, Mapping) and isinstance(params.get(layer_type), Mapping):
+        params = params[layer_type]
     if not isinstance(params, Mapping) or not isinstance(scaling, Mapping):
         raise ModelLoadError(f"{arch}: unreadable rotary settings (rope_parameters={params!r})")
-    kind = params.get("rope_type") or params.get("type") or scaling.get("rope_type") or scaling.get("type")
-    if kind not in (None, "default"):
-        raise ModelLoadError(f"{arch}: rotary scaling {kind!r} is not supported (only unscaled rotary "
-                             f"positions are)")
+    merged = {**scaling, **params}
+    merged["rope_type"] = params.get("rope_type") or params.get("type") or scaling.get("rope_type") \
+        or scaling.get("type") or "default"
+    return merged
+
+
+def rope_scaling(config: Any, rotary_dim: int, arch: str, layer_type: str | None = None) -> RopeScaling | None:
+    """The scaling of the rotary positions (None: unscaled), with the parameters transformers would use:
+    `linear`, `dynamic` (dynamic NTK against max_position_embeddings), `llama3` and `longrope` (Phi-3; the
+    attention factor transformers derives from max_position_embeddings / original_max_position_embeddings
+    when the config has none). Other kinds (yarn, ...) are refused."""
+    params = rope_parameters(config, arch, layer_type)
+    kind = params["rope_type"]
+    if kind == "default":
+        return None
+    if kind not in ROPE_KINDS:
+        raise ModelLoadError(f"{arch}: rotary scaling {kind!r} is not supported (supported: default, "
+                             f"{', '.join(ROPE_KINDS)})")
+    max_pos = cfg_get(config, "max_position_embeddings")
+    original = cfg_get(config, "original_max_position_embeddings") or params.get("original_max_position_embeddings") \
+        or max_pos
+
+    def number(key: str, default: Any = None) -> float:
+        v = params.get(key, default)
+        if not (finite_number(v) and v > 0):
+            raise ModelLoadError(f"{arch}: rotary scaling {kind!r} needs {key} > 0, got {show(v)}")
+        return float(v)
+
+    if not _int(original):
+        raise ModelLoadError(f"{arch}: rotary scaling {kind!r} needs original_max_position_embeddings, "
+                             f"got {show(original)}")
+    if kind == "linear":
+        scaling = RopeScaling("linear", factor=number("factor"))
+    elif kind == "dynamic":  # transformers scales against max_position_embeddings, not the original context
+        scaling = RopeScaling("dynamic", factor=number("factor"), original_context=max_pos)
+    elif kind == "llama3":
+        scaling = RopeScaling("llama3", factor=number("factor"), original_context=original,
+                              low_freq_factor=number("low_freq_factor"), high_freq_factor=number("high_freq_factor"))
+    else:  # longrope
+        factor = params.get("factor") or max_pos / original
+        attention = params.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        factors: list[tuple[float, ...]] = []
+        for key in ("long_factor", "short_factor"):
+            v = params.get(key)
+            if not (isinstance(v, (list, tuple)) and all(finite_number(x) and x > 0 for x in v)):
+                raise ModelLoadError(f"{arch}: longrope needs {key} (a list of numbers > 0), got {show(v)}")
+            factors.append(tuple(float(x) for x in v))
+        scaling = RopeScaling("longrope", factor=float(factor), original_context=original,
+                              attention_factor=float(attention), long_factor=factors[0], short_factor=factors[1])
+    problem = scaling.problem(rotary_dim)
+    if problem:
+        raise ModelLoadError(f"{arch}: {problem}")
+    return scaling
+
+
+def rope(config: Any, d_head: int, arch: str, default_fraction: float = 1.0,
+         layer_type: str | None = None) -> tuple[int, float]:
+    """(rotary_dim, rotary_base) from a config of transformers 4.x (rope_theta, rotary_pct,
+    rope_scaling) or 5.x (rope_parameters); the scaling comes from `rope_scaling`."""
+    params = rope_parameters(config, arch, layer_type)
+    kind = params["rope_type"]
+    if kind != "default" and kind not in ROPE_KINDS:
+        raise ModelLoadError(f"{arch}: rotary scaling {kind!r} is not supported (supported: default, "
+                             f"{', '.join(ROPE_KINDS)})")
     base = params.get("rope_theta")
     for legacy in ("rope_theta", "rotary_emb_base"):
         if base is None:
@@ -239,7 +322,13 @@ def _unembed(w: Weights, state: dict[str, torch.Tensor], config: Any, lm_keys: t
              default_tied: bool) -> bool:
     """W_U from the first of lm_keys present (the name of the head differs across versions)."""
     W_E = state["embed.W_E"]
-    lm = w.take(next((k for k in lm_keys if w.has(k)), lm_keys[0]))
+    present = [k for k in lm_keys if w.has(k)]
+    if not present and cfg_get(config, "tie_word_embeddings", default_tied):
+        return True  # a tied head is not saved
+    if not present:
+        raise ModelLoadError(f"{w.arch} checkpoint: missing weight {lm_keys[0]!r} (a base model without its "
+                             f"language-model head?)")
+    lm = w.take(present[0])
     is_tied = tied(config, W_E, lm, default_tied)
     if not is_tied:
         state["unembed.W_U"] = lm.T.contiguous()
@@ -335,7 +424,7 @@ def convert_gpt_neox(config: Any, params: Mapping[str, torch.Tensor]) -> Convert
         n_ctx=cfg_get(config, "max_position_embeddings"), d_mlp=state["blocks.0.mlp.W_in"].shape[1] if L else 4 * d,
         act_fn=activation(config, "hidden_act", "gpt_neox"), normalization="LN",
         norm_eps=float(cfg_get(config, "layer_norm_eps", 1e-5)), positional="rotary",
-        rotary_dim=rotary_dim, rotary_base=base,
+        rotary_dim=rotary_dim, rotary_base=base, rope_scaling=rope_scaling(config, rotary_dim, "gpt_neox"),
         parallel_attn_mlp=bool(cfg_get(config, "use_parallel_residual", True)),
         attn_bias="blocks.0.attn.b_Q" in state, attn_out_bias="blocks.0.attn.b_O" in state,
         mlp_bias="blocks.0.mlp.b_in" in state, tied_embeddings=is_tied, bos_token_id=bos_id(config, d_vocab),
@@ -409,7 +498,8 @@ def _convert_llama_like(config: Any, params: Mapping[str, torch.Tensor], arch: s
         n_ctx=cfg_get(config, "max_position_embeddings"), d_mlp=cfg_get(config, "intermediate_size"),
         act_fn=activation(config, "hidden_act", arch), gated_mlp=True, normalization="RMS",
         norm_eps=float(cfg_get(config, "rms_norm_eps", 1e-6)), positional="rotary",
-        rotary_dim=rotary_dim, rotary_base=base, n_kv_heads=KV if KV != H else None,
+        rotary_dim=rotary_dim, rotary_base=base, rope_scaling=rope_scaling(config, rotary_dim, arch),
+        n_kv_heads=KV if KV != H else None,
         attn_bias="blocks.0.attn.b_Q" in state, attn_out_bias="blocks.0.attn.b_O" in state,
         tied_embeddings=is_tied,
         attn_window=_sliding_window(config, arch, L), bos_token_id=bos_id(config, d_vocab),

@@ -27,9 +27,9 @@ from circuitry.errors import ModelLoadError
 from circuitry.model import HookedTransformer
 from circuitry.model.config import show
 from circuitry.model.io import (
+    build_model,
     check_weights,
     expand,
-    load_state,
     probe,
     read_json,
     read_torch_file,
@@ -37,6 +37,7 @@ from circuitry.model.io import (
     safetensors_metadata,
 )
 from circuitry_plugins.hf import conversions
+from circuitry_plugins.hf.shards import CheckpointTensors
 
 INSTALL_HINT = "hf: models need the transformers package: pip install 'circuitry[hf]'"
 DOWNLOAD_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
@@ -160,11 +161,6 @@ def _quiet(transformers: Any) -> Iterator[None]:
             log.enable_progress_bar()
 
 
-def _dtype_kwarg(transformers: Any) -> str:
-    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
 def read_model_type(directory: Path, ref: str) -> str:
     """The model_type of a save_pretrained directory, after its config.json and weight files
     are checked (before transformers reads any of them)."""
@@ -220,9 +216,11 @@ def weights_label(directory: Path) -> str:
     return str(files[0]) if len(files) == 1 else str(directory)
 
 
-def load_config(transformers: Any, directory: Path, model_type: str) -> Any:
+def load_config(transformers: Any, directory: Path, model_type: str, bytes_per_param: int = 4,
+                file_bytes: int = 0) -> Any:
     """The transformers config of a checked directory; the memory the converted model will
-    need is compared with the budget before any weight is read."""
+    need (one copy, plus the largest weight file while it is read) is compared with the budget
+    before any weight is read."""
     config_file = directory / "config.json"
     try:
         with _quiet(transformers):
@@ -235,7 +233,7 @@ def load_config(transformers: Any, directory: Path, model_type: str) -> Any:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{config_file}: {exc}") from None
     if planned is not None:
-        require_memory(planned, str(config_file), copies=3)
+        require_memory(planned, str(config_file), copies=1, extra=file_bytes, bytes_per_param=bytes_per_param)
     return config
 
 
@@ -246,48 +244,56 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
-def load_hf(rest: str, device: Any = None) -> HookedTransformer:
-    """Load `hf:rest` into the canonical model (on `device` when given). The directory's config
-    and weight files are checked, and the memory the model needs compared with the budget,
-    before transformers builds anything."""
+def load_hf(rest: str, device: Any = None, dtype: Any = None) -> HookedTransformer:
+    """Load `hf:rest` into the canonical model, in `dtype` (float32 by default) on `device`. The
+    directory's config and weight files are checked, and the memory the model needs compared with the
+    budget, before any weight is read; the weights are then read tensor by tensor from the files
+    (`shards.CheckpointTensors`) straight into the canonical layout. transformers parses the config
+    (its defaults) and the tokenizer; it never builds the model."""
     import torch
 
     transformers = require_transformers()
     ref = f"hf:{rest}"
     directory = resolve(rest)
     model_type = read_model_type(directory, ref)
-    config = load_config(transformers, directory, model_type)
+    dtype = dtype or torch.float32
+    tensors = CheckpointTensors(directory, model_type, dtype)
+    config = load_config(transformers, directory, model_type, dtype.itemsize, tensors.largest_file())
     label = weights_label(directory)
-    kwargs = {_dtype_kwarg(transformers): torch.float32}
     try:
-        with _quiet(transformers):
-            hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(
-                str(directory), config=config, local_files_only=True, trust_remote_code=False,
-                attn_implementation="eager", output_loading_info=True, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad checkpoints
-        raise ModelLoadError(f"{ref}: transformers could not load {directory} ({_first_line(exc)})") from None
+        cfg, state = _convert(model_type, config, tensors, label)
+    finally:
+        tensors.close()
+    return _finish(cfg, state, rest, label, dtype, device, *load_tokenizer(directory))
+
+
+def convert_hf_model(hf_model: Any, tokenizer: Any = None, dtype: Any = None, device: Any = None) -> HookedTransformer:
+    """A transformers causal-LM model already in memory -> the canonical model. Tensors whose layout is
+    the same are shared with it, not copied, when the dtype and device agree."""
+    model_type = getattr(hf_model.config, "model_type", None)
+    if not isinstance(model_type, str):
+        raise ModelLoadError("the transformers model's config has no model_type")
     params = dict(hf_model.named_parameters(remove_duplicate=False))
-    tied_out = {k for k, v in params.items() if v is hf_model.get_input_embeddings().weight}
-    missing = [k for k in info.get("missing_keys", ()) if k not in tied_out]
-    if missing:
-        raise ModelLoadError(f"{ref}: the checkpoint lacks weights {sorted(missing)[:4]} (a base model without "
-                             f"its language-model head?)")
+    label = str(getattr(hf_model, "name_or_path", "") or model_type)
     check_weights(params, label)
     cfg, state = _convert(model_type, hf_model.config, params, label)
-    del hf_model, params
-    tokenizer, why = load_tokenizer(directory)
+    why = "" if tokenizer is not None else "no tokenizer was given with the transformers model"
+    return _finish(cfg, state, label, label, dtype, device, tokenizer, why)
+
+
+def _finish(cfg: Any, state: dict, name: str, label: str, dtype: Any, device: Any, tokenizer: Any,
+            why: str) -> HookedTransformer:
+    """The canonical model of a conversion's (config, state), carrying its tokenizer."""
     bos = getattr(tokenizer, "bos_token_id", None)
-    changes: dict[str, Any] = {"name": rest}
+    changes: dict[str, Any] = {"name": name}
     if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
         changes["bos_token_id"] = bos
     cfg = type(cfg)(**{**cfg.to_dict(), **changes})
-    require_memory(cfg, label, copies=1)
-    model = HookedTransformer(cfg, seed=None)
-    load_state(model, state, where=label)
+    model = build_model(cfg, state, label, dtype, device)
     model.tokenizer = tokenizer
     model.tokenizer_note = why
     model.eval()
-    return model.to(device) if device else model
+    return model
 
 
 def _convert(model_type: str, config: Any, params: dict[str, Any], label: str) -> Any:
