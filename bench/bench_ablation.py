@@ -1,102 +1,292 @@
-"""Benchmark: zero-ablation of every head of a GPT-2-small-shaped model, batched vs one pass per head.
+"""Benchmark: exact zero-ablation sweeps of a GPT-2-small-shaped model's heads, layer by layer, against one
+forward pass per head.
 
-Model: 12 layers, 12 heads, d_model 768, d_head 64, d_mlp 3072, LayerNorm,
-gelu_new, random weights; a reduced vocabulary (default 1024, `--vocab 50257`
-for GPT-2's) so that the unembedding does not dominate both sides. Data:
-16 x 128 random tokens. Metric: the mean next-token loss, computed per
-intervention, so the batched run never keeps full logits for all copies.
+Model: 12 layers, 12 heads, d_model 768, d_head 64, d_mlp 3072, LayerNorm, learned positions, gelu_new,
+random weights (seeded); a reduced vocabulary (default 1024, `--vocab 50257` for GPT-2's) so that the
+unembedding, which neither side can skip, does not dominate both. Data: 16 x 128 random tokens (`--batch`,
+`--pos`). Metric: the mean next-token loss. Interventions: zero-ablation of each of the 12 heads of layers
+0, 6 and 11 (`--layers`). `--small`: 12 layers of d_model 256, 8 heads, d_mlp 1024, 8 x 64 tokens (a
+quick run; its passes are small enough that the engine stacks several heads in one).
 
-- batched: `clean_run` once (timed), then `run_interventions(...)` over the
-  12 heads of each layer: copies stacked along the batch, each pass starting
-  at the residual entering the MLP of the ablated layer (one call over all
-  144 heads makes the same passes; per-layer calls let the two methods
-  alternate layer by layer, so both see the same load on a shared machine).
-- one pass per head (the TransformerLens way): `run_with_hooks` with a hook
-  that zeros the head's z, full logits, then the loss. Its cost is the same
-  for every head, so by default it runs for one head per layer (12 passes)
-  and the total for 144 heads is extrapolated; `--all` runs all 144.
-The values of both must agree within 1e-4 on every head both ran.
+- engine: `sweep_clean_run` once for all the interventions (timed; it caches only what they read: the
+  residual stream entering each ablated layer's MLP and that layer's z), then per layer
+  `run_interventions(model, clean, [Ablation(L{l}H{h}) for every h], metric)`: each pass starts from the
+  cached residual entering the MLP of layer l, adds the head's change of the attention output there, and
+  computes the rest of the model; as many heads share a pass as fit in one head's pass (`pass_rows`).
+- loop (the TransformerLens way, written here independently of the engine): per head one full forward pass,
+  `run_with_hooks(tokens, [("blocks.{l}.attn.hook_z", hook)])` with a hook that zeros the head's slice of z
+  in place, full logits, then the metric.
 
-Usage: python bench/bench_ablation.py [--vocab N] [--all] [--seed S]
+Time: both sides in this process, the loop's passes interleaved with the engine's (after each of the
+engine's passes its progress callback runs the loop for the heads the engine has just done, timed apart), so
+that both see the same load on a shared machine. Per layer: the loop's time, the engine's (without the clean
+run, which every layer shares, as all checks of a spec share theirs) and loop / engine. Overall: the loop's
+total over the engine's total with the clean run.
+
+Peak memory: each side once more in a fresh process (this script with `--only loop|engine`): the process's
+peak resident memory (VmHWM of /proc/self/status; resident memory counts every byte the process holds,
+whoever allocated it, while tracemalloc does not see torch's tensors), reset through /proc/self/clear_refs
+once the model and the tokens are built and warmed up, so that it is the peak of the work alone; "above the
+model" is that peak minus the resident memory at the reset. Every pass of the loop is the same computation
+on the same shapes, so its process runs one head per layer; the engine's process makes the same clean run
+as the timed one and runs the heads of one full pass per layer. On CUDA (`--device cuda`) the peak is
+torch's peak allocated device memory instead.
+
+The values of both sides must agree within 1e-4 on every head (exit 1 otherwise). Whether loop / engine >=
+1.0 at every layer, >= 1.8 overall, and the engine's peak within 1.3 x the loop's print last; nothing is
+asserted on times: they depend on the machine and its load (the load average prints first).
+
+Usage: python bench/bench_ablation.py [--small] [--vocab N] [--batch B] [--pos P] [--layers 0,6,11]
+       [--seed S] [--threads T] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
-from circuitry.interventions import Ablation, all_heads, clean_run, run_interventions
+from circuitry.interventions import Ablation, Node, run_interventions
+from circuitry.interventions.sweep import pass_rows, sweep_clean_run
 from circuitry.model import HookedTransformer, ModelConfig
+
+JOBS = ("loop", "engine")
+PER_LAYER, OVERALL, MEMORY = 1.0, 1.8, 1.3  # what the last lines check: loop / engine, engine peak / loop peak
+
+
+def make_config(args) -> ModelConfig:
+    d_model, n_heads, d_mlp = (256, 8, 1024) if args.small else (768, 12, 3072)
+    return ModelConfig(n_layers=12, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+                       d_vocab=args.vocab, n_ctx=max(128, args.pos), d_mlp=d_mlp, normalization="LN",
+                       positional="learned", act_fn="gelu_new", attn_bias=True, mlp_bias=True,
+                       name="gpt2-small-shape" if not args.small else "small")
+
+
+def setup(args) -> tuple[HookedTransformer, torch.Tensor]:
+    torch.set_num_threads(args.threads)
+    cfg = make_config(args)
+    model = HookedTransformer(cfg, seed=args.seed).eval().to(args.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(0, cfg.d_vocab, (args.batch, args.pos), generator=gen).to(args.device)
+    with torch.inference_mode():
+        model(tokens[:1, :8])  # warm-up
+    return model, tokens
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def zero_head(h: int):
-    def hook(z, hp):  # z [batch, pos, head, d_head]
-        z = z.clone()
+    def hook(z, hp):  # z [batch, pos, head, d_head], zeroed in place as TransformerLens users do
         z[:, :, h] = 0.0
-        return z
     return hook
 
 
+def loop_value(model, tokens: torch.Tensor, node: Node) -> torch.Tensor:
+    """One full forward pass with the head's z zeroed, full logits, the mean next-token loss."""
+    logits = model.run_with_hooks(tokens, [(f"blocks.{node.layer}.attn.hook_z", zero_head(node.head))])
+    return model.loss(tokens, logits)
+
+
+# ------------------------------------------------------------------ memory (a child process)
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def reset_peak(device: str) -> bool:
+    """Reset the peak: torch's peak device memory (CUDA), else the process's peak resident memory (Linux)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_now(device: str) -> tuple[int, int]:
+    """(now, peak) in kB: torch's allocated device memory (CUDA), else VmRSS and VmHWM."""
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated() // 1024, torch.cuda.max_memory_allocated() // 1024
+    return _status_kb("VmRSS"), _status_kb("VmHWM")
+
+
+def measure_memory(job: str, args) -> dict:
+    """The peak memory of one side's work, in this (fresh) process."""
+    model, tokens = setup(args)
+    layers = parse_layers(args.layers)
+    heads = [Node(l, h) for l in layers for h in range(model.cfg.n_heads)]
+    sync(args.device)
+    out: dict = {"job": job, "reset": reset_peak(args.device)}
+    out["base_kb"] = memory_now(args.device)[0]
+    with torch.inference_mode():
+        if job == "loop":
+            for l in layers:  # every pass of the loop is the same computation on the same shapes
+                loop_value(model, tokens, Node(l, 0))
+        else:
+            clean = sweep_clean_run(model, tokens, [Ablation(n) for n in heads])
+            per_pass = max(1, pass_rows(model.cfg, *tokens.shape) // tokens.shape[0])
+            for l in layers:  # one full pass per layer
+                nodes = [Node(l, h) for h in range(min(per_pass, model.cfg.n_heads))]
+                run_interventions(model, clean, [Ablation(n) for n in nodes], lambda lg, t: model.loss(t, lg))
+    sync(args.device)
+    out["peak_kb"] = memory_now(args.device)[1]
+    return out
+
+
+def run_child(job: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--only", job]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"bench_ablation: the {job} memory run failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ time (this process)
+def time_layer(model, tokens: torch.Tensor, clean, layer: int, device: str) -> dict:
+    """The 12 heads of one layer: the engine's sweep with the loop's passes interleaved; seconds, values, passes."""
+    nodes = [Node(layer, h) for h in range(model.cfg.n_heads)]
+    naive: list[float] = []
+    inside = 0.0
+
+    def run_loop(upto: int) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        while len(naive) < upto:
+            naive.append(float(loop_value(model, tokens, nodes[len(naive)])))
+        sync(device)
+        return time.perf_counter() - t0
+
+    def interleave(done: int, total: int) -> None:
+        nonlocal inside
+        inside += run_loop(done)  # the heads the engine has done so far, timed apart
+
+    t0 = time.perf_counter()
+    res = run_interventions(model, clean, [Ablation(n) for n in nodes], lambda lg, t: model.loss(t, lg),
+                            progress=interleave)
+    sync(device)
+    t_engine = time.perf_counter() - t0 - inside
+    t_loop = inside + run_loop(len(nodes))
+    return {"loop": t_loop, "engine": t_engine, "passes": res.n_passes, "row_layers": res.row_layers,
+            "engine_values": [float(v) for v in res.values], "loop_values": naive}
+
+
+def measure_time(model, tokens: torch.Tensor, layers: list[int], device: str) -> dict:
+    """Per layer (`time_layer`), and the seconds of the engine's clean run, shared by the layers."""
+    heads = [Node(l, h) for l in layers for h in range(model.cfg.n_heads)]
+    with torch.inference_mode():
+        sync(device)
+        t0 = time.perf_counter()
+        clean = sweep_clean_run(model, tokens, [Ablation(n) for n in heads])
+        sync(device)
+        t_clean = time.perf_counter() - t0
+        return {"clean": t_clean, "layers": {l: time_layer(model, tokens, clean, l, device) for l in layers}}
+
+
+def code_version() -> str:
+    """The git commit of the checkout this script runs from ("+ changes" when circuitry/ differs from it), if any."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "circuitry"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' + changes' if dirty else ''}" if head else "unknown"
+
+
+def parse_layers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------ the report
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="d_model 256, 8 heads, d_mlp 1024, 8 x 64 tokens")
     ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--all", action="store_true", help="run the per-head loop for all 144 heads")
+    ap.add_argument("--batch", type=int, help="sequences (default 16; 8 with --small)")
+    ap.add_argument("--pos", type=int, help="tokens per sequence (default 128; 64 with --small)")
+    ap.add_argument("--layers", default="0,6,11", help="the layers whose heads are ablated (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads in every process")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", choices=JOBS, help=argparse.SUPPRESS)  # one memory measurement, JSON on stdout
     args = ap.parse_args(argv)
+    args.batch = args.batch or (8 if args.small else 16)
+    args.pos = args.pos or (64 if args.small else 128)
+    layers = parse_layers(args.layers)
+    if args.batch < 1 or args.pos < 2 or not layers or any(not 0 <= l < 12 for l in layers):
+        ap.error("--batch must be at least 1, --pos at least 2, --layers a list of layers in 0..11")
+    if args.only:
+        print(json.dumps(measure_memory(args.only, args)))
+        return 0
 
-    cfg = ModelConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_vocab=args.vocab, n_ctx=128,
-                      d_mlp=3072, normalization="LN", act_fn="gelu_new", attn_bias=True, mlp_bias=True,
-                      name="gpt2-small-shape")
-    model = HookedTransformer(cfg, seed=args.seed).eval()
-    tokens = torch.randint(0, cfg.d_vocab, (16, 128), generator=torch.Generator().manual_seed(args.seed))
-    heads = all_heads(cfg)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model, tokens = setup(args)
+    cfg = model.cfg
+    b, pos = tokens.shape
+    per_pass = max(1, pass_rows(cfg, b, pos) // b)
+    print(f"model: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, LN, "
+          f"learned positions, vocab {cfg.d_vocab}, random weights (seed {args.seed}); tokens {b} x {pos}; metric: "
+          f"mean next-token loss; circuitry at {code_version()}; torch {torch.__version__}, {args.threads} threads "
+          f"on {args.device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"engine: up to {per_pass} heads ({per_pass * b} rows) per pass; the loop: one full pass per head")
 
-    def metric(logits, toks):  # mean next-token loss [scalar]
-        return model.loss(toks, logits)
+    timed = measure_time(model, tokens, layers, args.device)
+    del model, tokens
+    mem = {job: run_child(job, argv) for job in JOBS}
 
-    print(f"model: 12 layers x 12 heads, d_model 768, d_mlp 3072, LN, vocab {cfg.d_vocab}; "
-          f"tokens 16 x 128; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'layer':>5s} {'loop (s)':>9s} {'engine (s)':>10s} {'loop/engine':>11s} {'passes':>6s} "
+          f"{'blocks computed':>15s}   max |engine - loop|")
+    diff, ratios = 0.0, []
+    t_loop = t_engine = 0.0
+    for l in layers:
+        r = timed["layers"][l]
+        d = max(abs(a - c) for a, c in zip(r["engine_values"], r["loop_values"]))
+        diff = max(diff, d)
+        ratios.append(r["loop"] / r["engine"])
+        t_loop, t_engine = t_loop + r["loop"], t_engine + r["engine"]
+        blocks = r["row_layers"] / (b * cfg.n_layers * cfg.n_heads)
+        print(f"{l:5d} {r['loop']:9.2f} {r['engine']:10.2f} {ratios[-1]:11.2f} {r['passes']:6d} {blocks:15.1%}   "
+              f"{d:.1e}")
+    overall = t_loop / (t_engine + timed["clean"])
+    print(f"clean run of the engine (shared by the layers): {timed['clean']:.2f} s")
+    print(f"overall: loop {t_loop:.2f} s, engine {t_engine + timed['clean']:.2f} s with its clean run: "
+          f"loop/engine {overall:.2f} (without the clean run: {t_loop / t_engine:.2f})")
 
-    loop = heads if args.all else [n for n in heads if n.head == n.layer % cfg.n_heads]
-    batched: dict = {}
-    naive: dict = {}
-    t_batched = t_loop = 0.0
-    passes, row_layers = 0, 0.0
-    with torch.inference_mode():
-        model(tokens[:1, :8])  # warm-up
-        t0 = time.perf_counter()
-        clean = clean_run(model, tokens, patterns=False)
-        t_clean = time.perf_counter() - t0
-        t_batched += t_clean
-        # layer by layer, alternating the two methods so that both see the same load on a shared machine
-        for layer in range(cfg.n_layers):
-            nodes = [n for n in heads if n.layer == layer]
-            t0 = time.perf_counter()
-            res = run_interventions(model, clean, [Ablation(n) for n in nodes], metric)
-            t_batched += time.perf_counter() - t0
-            batched.update(zip(nodes, res.values))
-            passes, row_layers = passes + res.n_passes, row_layers + res.row_layers
-            t0 = time.perf_counter()
-            for n in (n for n in loop if n.layer == layer):
-                logits = model.run_with_hooks(tokens, [(f"blocks.{n.layer}.attn.hook_z", zero_head(n.head))])
-                naive[n] = model.loss(tokens, logits)
-            t_loop += time.perf_counter() - t0
+    def peak(r: dict) -> str:
+        note = "" if r["reset"] else " (the peak could not be reset: it includes building the model)"
+        return (f"peak {r['peak_kb'] / 1024:7.0f} MiB, {(r['peak_kb'] - r['base_kb']) / 1024:6.0f} MiB above the "
+                f"model{note}")
 
-    t_naive = t_loop / len(loop) * len(heads)
-    diff = max(abs(float(batched[n]) - float(naive[n])) for n in loop)
-    label = "measured" if args.all else f"extrapolated from {len(loop)} heads, one per layer"
-    print(f"batched : {t_batched:7.1f} s for {len(heads)} heads ({passes} passes, clean run "
-          f"{t_clean:.1f} s included); blocks computed: {row_layers / (16 * 12 * len(heads)):.1%} "
-          f"of the per-head loop's")
-    print(f"per head: {t_naive:7.1f} s for {len(heads)} heads ({label}: {t_loop / len(loop):.2f} s per pass)")
-    print(f"speed-up: {t_naive / t_batched:.2f}x")
-    print(f"max |batched - per-head| loss difference: {diff:.2e} over {len(loop)} heads "
-          f"(loss range {min(float(v) for v in batched.values()):.4f}..{max(float(v) for v in batched.values()):.4f})")
+    lp, ep = mem["loop"], mem["engine"]
+    mem_ratio = ep["peak_kb"] / lp["peak_kb"]
+    added = (ep["peak_kb"] - ep["base_kb"]) / max(1, lp["peak_kb"] - lp["base_kb"])
+    what = "torch's device memory" if args.device.startswith("cuda") else "resident memory (VmHWM)"
+    print(f"peak memory, each side in a fresh process ({what}):")
+    print(f"  loop  : {peak(lp)}")
+    print(f"  engine: {peak(ep)} (its clean run's cache included)")
+    print(f"  engine / loop: {mem_ratio:.2f} (above the model: {added:.2f})")
+    print(f"values: max |engine - loop| = {diff:.2e} over {len(layers) * cfg.n_heads} heads")
+    yes = {True: "yes", False: "no"}
+    print(f"loop/engine >= {PER_LAYER:g} at every layer: {yes[min(ratios) >= PER_LAYER]} (lowest {min(ratios):.2f}); "
+          f">= {OVERALL:g} overall: {yes[overall >= OVERALL]} ({overall:.2f}); engine peak <= {MEMORY:g} x the "
+          f"loop's: {yes[mem_ratio <= MEMORY]} ({mem_ratio:.2f})")
     if diff > 1e-4:
         print("FAIL: values differ by more than 1e-4", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ Three phases run in one process, one after the other:
   projected  decompose(model, tokens) (one cached run + the frozen propagation) and
              project("correct"): every term (direct, 144 heads, 9504 virtual heads, MLPs,
              bias, remainder) as [n_terms, batch, pos]
+  one path   project("correct", paths=[one virtual head]): what a decomposition check asks for
+  top paths  top_paths(10): every term ranked, each chunk reduced to its means as it is computed
   full-vocab the [batch, pos, d_vocab] logits of a subset of the terms, all kept in memory;
              there are too many terms to do all of them (9665 x 206 MB), so the time and
              memory are extrapolated linearly to every term and marked as such.
@@ -130,6 +132,17 @@ def main() -> None:
             proj = dec.project("correct")
             t_proj = time.perf_counter() - t
         n_terms = len(proj.paths)
+        pair = ("L0H0", f"L{cfg.n_layers - 1}H0")
+        with PeakMemory() as mem_one:
+            t = time.perf_counter()
+            one = dec.project("correct", paths=[pair])
+            t_one = time.perf_counter() - t
+        one_err = float((one[pair] - proj[pair]).abs().max())
+        with PeakMemory() as mem_top:
+            t = time.perf_counter()
+            top = dec.top_paths(10, "correct")
+            t_top = time.perf_counter() - t
+        same_top = [s.path for s in top] == [s.path for s in proj.top(10)]
         total_err = (proj.total()[:, :-1] - dec.logits[:, :-1].gather(-1, dec.tokens[:, 1:, None])[..., 0]).abs().max()
 
         # a subset of the full-vocabulary terms: direct, heads, virtual heads, an MLP, bias, remainder
@@ -161,6 +174,8 @@ def main() -> None:
     print(f"{'decompose (cached run + propagation)':44s} {t_dec:9.2f}")
     print(f"{'project(correct), all terms':44s} {t_proj:9.2f}")
     print(f"{'decompose + project (one phase)':44s} {t_cheap:9.2f} {mem_proj.mb:10.0f}")
+    print(f"{'project(correct, paths=[one virtual head])':44s} {t_one:9.3f} {mem_one.mb:10.0f}")
+    print(f"{'top_paths(10), streamed':44s} {t_top:9.2f} {mem_top.mb:10.0f}")
     print(f"{f'full-vocab, {len(subset)} terms measured (kept)':44s} {t_full:9.2f} {mem_full.mb:10.0f}")
     print(f"{f'full-vocab, all {n_terms} terms (extrapolated)':44s} {t_full_all:9.1f} {mem_full_all:10.0f}"
           f"   ({term_mb:.0f} MB per term)")
@@ -171,7 +186,8 @@ def main() -> None:
           f"memory {mem_full_all / max(mem_proj.mb, 1):8.3g}x")
     print(f"  full-vocab per term / forward pass:          time {per_term / t_fwd:6.2f}x")
     print(f"\nchecks: projected terms sum to the correct-token logit within {float(total_err):.1e}; "
-          f"full-vocab subset dotted with the target matches the projection within {check:.1e}")
+          f"full-vocab subset dotted with the target matches the projection within {check:.1e}; "
+          f"one path projected alone matches within {one_err:.1e}; top_paths ranks as project().top: {same_top}")
 
 
 if __name__ == "__main__":

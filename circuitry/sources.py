@@ -91,15 +91,19 @@ def _accepts_dtype(load: Callable[..., Any]) -> bool:
 
 
 def load_model(ref: str, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None) -> HookedTransformer:
+               dtype: str | torch.dtype | None = None, device_map: str | dict | None = None) -> HookedTransformer:
     """Load a model through the source plugin named by the reference's scheme (after checking
     that the device exists here and the dtype is one circuitry runs in: float32, the default,
-    bfloat16 or float16). A source that takes no `dtype` loads in its own and is converted after."""
+    bfloat16 or float16). A source that takes no `dtype` loads in its own and is converted after.
+    device_map: "auto" or layer ranges ("cuda:0=0-11,cuda:1=12-23"): the blocks spread over several
+    devices (`circuitry.model.placement`, needs accelerate)."""
     from circuitry.plugins import get_manager
 
     check_device(device)
     torch_dtype = check_dtype(dtype)
     bound_heap()  # freed buffers of the load go back to the system
+    if device_map is not None and device is not None:
+        raise UsageError("give --device or --device-map, not both")
     scheme, rest = split_ref(ref)
     sources = get_manager().model_sources()
     if scheme not in sources:
@@ -117,4 +121,8 @@ def load_model(ref: str, device: str | torch.device | None = None,
             model.to(torch_dtype)
     if model.source is None or scheme != "file":
         model.source = ref
+    if device_map is not None:
+        from circuitry.model.placement import place
+
+        model = place(model, device_map)
     return model

@@ -80,7 +80,7 @@ def spec_model_ref(spec: CircuitSpec) -> str:
 
 
 def load_spec_model(spec: CircuitSpec, model_ref: str | None = None, device: str | None = None,
-                    dtype: str | None = None) -> tuple[HookedTransformer, str]:
+                    dtype: str | None = None, device_map: str | None = None) -> tuple[HookedTransformer, str]:
     """The spec's model (or `model_ref`) and the reference it was loaded from; load errors of the spec's
     own `model:` point at that line."""
     from circuitry.sources import check_device, check_dtype, load_model
@@ -89,7 +89,7 @@ def load_spec_model(spec: CircuitSpec, model_ref: str | None = None, device: str
     check_dtype(dtype)
     ref = model_ref or spec_model_ref(spec)
     try:
-        return load_model(ref, device=device, dtype=dtype or spec.dtype), ref
+        return load_model(ref, device=device, dtype=dtype or spec.dtype, device_map=device_map), ref
     except SpecError:
         raise
     except UsageError as exc:

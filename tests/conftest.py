@@ -38,6 +38,11 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not (torch.cuda.is_available() or os.environ.get("CIRCUITRY_TEST_DEVICE")):
+        no_cuda = pytest.mark.skip(reason="cuda: no CUDA device here")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(no_cuda)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")

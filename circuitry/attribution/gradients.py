@@ -35,7 +35,8 @@ sender's output is the sum of the gradients at the inputs that read it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -231,6 +232,20 @@ def _keep(stats: dict, what: str):
     return hook
 
 
+@contextmanager
+def frozen_parameters(model) -> Iterator[None]:
+    """The model's parameters without requires_grad for the duration (restored after): a backward pass then
+    saves only what the activations' gradients need."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: int, sign: float,
                     memory_budget: int | None = None, progress: Callable[[int, int], None] | None = None,
                     at: torch.Tensor | None = None, per_position: bool = False) -> GradientScores:
@@ -254,14 +269,15 @@ def gradient_scores(model, batch, metric_tensor: Callable, method: str, steps: i
     with torch.inference_mode(False):  # tensors made in inference mode cannot take part in autograd: copies
         batch = batch.map_tensors(lambda t: t.clone())
         at = None if at is None else at.clone().to(model.device)
-    for start in range(0, b, chunk):
-        part = batch.select(slice(start, start + chunk))
-        scorer.weight = sign * part.tokens.shape[0] / b / n_runs  # chunks and runs: a mean over both
-        scorer.at = None if at is None else at[start:start + chunk]
-        passes += _chunk(model, part, metric_tensor, method, n_runs, layout, scorer, values)
-        done += n_runs
-        if progress is not None:
-            progress(done, total)
+    with frozen_parameters(model):  # gradients flow to the activations only: no input is kept for weight grads
+        for start in range(0, b, chunk):
+            part = batch.select(slice(start, start + chunk))
+            scorer.weight = sign * part.tokens.shape[0] / b / n_runs  # chunks and runs: a mean over both
+            scorer.at = None if at is None else at[start:start + chunk]
+            passes += _chunk(model, part, metric_tensor, method, n_runs, layout, scorer, values)
+            done += n_runs
+            if progress is not None:
+                progress(done, total)
     return GradientScores(scorer.edges.cpu(), None if scorer.nodes is None else scorer.nodes.cpu(), passes, chunk,
                           *values)
 

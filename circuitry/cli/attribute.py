@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.discovery import resolve_task
 
     resolve_task(args.task)  # an unknown task or a bad task file fails before the model loads
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     batch, task_name, metric = task_batch(model, args.task)
     at = _positions(args.at, batch)
     with Progress(TextColumn(f"[bold]attribute[/] {args.method}"), BarColumn(),

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, out) -> int:
         raise UsageError(f"--margin must lie in [0, 1), got {args.margin}")
     if not 0 < args.target <= 1:
         raise UsageError(f"--target must lie in (0, 1], got {args.target}")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     try:
         with Progress(SpinnerColumn(), TextColumn("[bold]discover[/] {task.description}"), TimeElapsedColumn(),
                       console=out.err, transient=True) as progress:

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace, out) -> int:
 
     from circuitry.sources import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     cfg = model.cfg.to_dict()
     doc = {"model": args.model, "source": model.source, "n_params": model.n_params(), "config": cfg}
     if args.json:

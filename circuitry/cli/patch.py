@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, out) -> int:
     _whats(args.what, None)
     task = load_task(args.task)
     metric = get_manager().get("circuitry_metrics", args.metric or task.metric, "metric")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     batch = build_batch(task, model)
     whats = _whats(args.what, model)
 

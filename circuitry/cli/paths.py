@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, out) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     target = parse_target(args.target)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     batch = make_batch(model, args.data).to(model.device)
     dec = decompose(model, batch.tokens)
     mask = {"predictable": batch.predictable, "fresh": batch.fresh,

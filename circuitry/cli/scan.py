@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, out) -> int:
     from circuitry.scan import select_detectors
 
     select_detectors(names)  # unknown names fail before the model loads
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     batch = make_batch(model, args.data).to(model.device)
     result = scan(model, batch, names, model_ref=args.model)
     if args.html:

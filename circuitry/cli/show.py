@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, out) -> int:
         from circuitry.report.plots import require
 
         require()  # the install hint comes before any model is loaded
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     ids, where = _tokens(args, model)
     figures = figures_for_heads(model, ids, heads, data=where)
     if suffix is None:

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINTS", help="checkpoint files or directories")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="also draw the curves (needs matplotlib)")
-    add_model_options(p)
+    add_model_options(p, device_map=False)
     p.set_defaults(run=run)
 
 

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, out) -> int:
         resolve(args.data)  # a bad --data fails before any model loads
     reports = []
     for spec in specs:
-        model, ref = load_spec_model(spec, args.model, args.device, args.dtype)
+        model, ref = load_spec_model(spec, args.model, args.device, args.dtype, args.device_map)
         report = verify(spec, model=model, model_ref=ref, data=data_for(spec, args.data),
                         keep_patterns=bool(args.html))
         reports.append(report)

@@ -133,7 +133,7 @@ class HookedTransformer(nn.Module):
         (rounded to the model's dtype first, as transformers does for Gemma)."""
         emb = self.embed.W_E[tokens]
         if self.cfg.embed_scale is not None:
-            emb = emb * torch.tensor(self.cfg.embed_scale, dtype=emb.dtype, device=emb.device)
+            emb = emb * float(torch.tensor(self.cfg.embed_scale, dtype=emb.dtype))  # a Python number: no copy
         resid = self.hook_embed(emb)
         if self.cfg.positional == "learned":
             pos = self.pos_embed.W_pos[: tokens.shape[1]]
@@ -170,7 +170,8 @@ class HookedTransformer(nn.Module):
     def unembed_resid(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W_U + b_U for a normalised final residual x [..., d_model], soft-capped (cap * tanh(logits / cap))
         when the model has `output_logits_soft_cap`."""
-        out = x @ self.W_U
+        W_U = self.W_U
+        out = x.to(W_U.device) @ W_U  # (the last block may sit on another device than the unembedding)
         b_U = getattr(self.unembed, "b_U", None)
         out = out if b_U is None else out + b_U
         cap = self.cfg.output_logits_soft_cap

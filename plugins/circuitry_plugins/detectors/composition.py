@@ -125,9 +125,14 @@ def _pieces(start: int, stop: int, n_heads: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def value_factors(model) -> list[torch.Tensor]:
-    """R_V [kv_head, d_head, d_head] (float32) of every layer: computed once, used by every block."""
-    return [_r(head_weights(model, "W_V", layer)) for layer in range(model.cfg.n_layers)]
+def value_factors(model, budget: int | None = None) -> list[torch.Tensor]:
+    """R_V [kv_head, d_head, d_head] (float32) of every layer: computed once, used by every block; a few
+    key/value heads at a time (W_V in float32 and float64, 12 bytes an entry)."""
+    cfg = model.cfg
+    per_head = 12 * cfg.d_model * cfg.d_head
+    step = max(1, _chunk_limit(per_head, "composition scores (one head's W_V)", budget) // per_head)
+    return [torch.cat([_r(head_weights(model, "W_V", layer, slice(g, g + step)))
+                       for g in range(0, cfg.kv_heads, step)]) for layer in range(cfg.n_layers)]
 
 
 def writer_block(model, start: int, stop: int, r_v: list[torch.Tensor]) -> torch.Tensor:
@@ -170,13 +175,14 @@ def reader_block(model, start: int, stop: int, r_v: list[torch.Tensor]) -> dict[
     out = {}
     for kind, a in acc.items():
         core = torch.cat(a["core"])  # [n_core, d_model, d_head]
-        post: torch.Tensor | None = torch.cat(a["post"])  # [n, d_head, d_head]
+        post = torch.cat(a["post"])  # [n, d_head, d_head]
         group = torch.cat(a["group"])  # [n]
-        if len(core) == len(group):  # core matrix i is head i's: apply the right factor now, once per head
-            core, post = core @ post, None
+        per_head = len(core) == len(group)  # core matrix i is head i's
+        if per_head:
+            core = core @ post  # the right factor applied now, once per head
         layout = core.permute(1, 0, 2).reshape(core.shape[1], -1)  # [d_model, n_core * d_head]
         del core
-        out[kind] = Readers(layout, post, group, _inverse_norm(torch.cat(a["norm"])))
+        out[kind] = Readers(layout, None if per_head else post, group, _inverse_norm(torch.cat(a["norm"])))
     return out
 
 
@@ -213,7 +219,7 @@ def block_sizes(cfg, budget: int | None = None) -> tuple[int, int]:
     n = cfg.n_layers * cfg.n_heads
     w, r = n, n
     while block_bytes(cfg, w, r) > limit:
-        if w >= r // 2 and w > 1 or r <= rep:
+        if (w > 1 and 2 * w >= r) or r <= rep:  # halve the writers, unless the readers are many more
             w = (w + 1) // 2
         else:
             r = max(rep, (r // 2 + rep - 1) // rep * rep)
@@ -230,7 +236,7 @@ def composition_scores(model, budget: int | None = None) -> dict[str, torch.Tens
     w_size, r_size = block_sizes(cfg, budget)
     flat = {k: torch.full((n, n), float("nan")) for k in KINDS}  # [writer, reader] in flat head order
     with torch.inference_mode():
-        r_v = value_factors(model)
+        r_v = value_factors(model, budget)
         for r0 in range(H, n, r_size):
             r1 = min(n, r0 + r_size)
             readers = reader_block(model, r0, r1, r_v)

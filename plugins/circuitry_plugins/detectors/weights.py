@@ -38,11 +38,6 @@ def _fold(W: torch.Tensor, w: torch.Tensor | None, center: bool, d_axis: int) ->
     return W
 
 
-def n_weight_heads(model, name: str) -> int:
-    """How many matrices `name` has per layer: n_heads, or the key/value heads for W_K and W_V."""
-    return model.cfg.kv_heads if name in ("W_K", "W_V") else model.cfg.n_heads
-
-
 def kv_group(model) -> int:
     """Query heads per key/value head (1 without grouped-query attention)."""
     return model.cfg.n_heads // model.cfg.kv_heads
@@ -82,6 +77,10 @@ def reading_weights(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def unembed_weights(model) -> torch.Tensor:
-    """W_U [d_model, d_vocab] with ln_final's weight folded in."""
-    return _fold(model.W_U, _norm_weight(model.ln_final), _centres(model.ln_final), d_axis=0).detach()
+def unembed_weights(model, index: slice | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """W_U [d_model, d_vocab] with ln_final's weight folded in (the vocabulary columns `index` only, in
+    `dtype`, when given: cast after they are selected)."""
+    W = model.W_U.detach()
+    if index is not None:
+        W = W[:, index]
+    return _fold(W.to(dtype or W.dtype), _norm_weight(model.ln_final), _centres(model.ln_final), d_axis=0)
