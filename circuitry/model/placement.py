@@ -80,7 +80,7 @@ def device_map_of(model: Any, spec: str | dict[str, Any], max_memory: dict | Non
             raise UsageError(f"--device-map: {device!r} offloads weights, which circuitry does not support "
                              f"(detectors and composition scores read the weights directly); give every "
                              f"layer a device")
-        check_device(int(device) if device.isdigit() else device)
+        check_device(f"cuda:{device}" if device.isdigit() else device)
     return plan
 
 

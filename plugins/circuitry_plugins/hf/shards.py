@@ -64,7 +64,7 @@ def read_tensor(file: Path, key: str, headers: dict[Path, tuple[dict[str, Any], 
         raise ModelLoadError(f"{file}: tensor {key} has {end - begin} bytes for shape {entry['shape']}")
     with open(file, "rb") as f:
         f.seek(data_start + begin)
-        if out.numel() and f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy())) != end - begin:
+        if out.numel() and f.readinto(out.view(-1).view(torch.uint8).numpy().data) != end - begin:
             raise ModelLoadError(f"{file}: tensor {key} is cut short (the file is truncated)")
     return out
 

@@ -17,7 +17,7 @@ import re
 import socket
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -296,7 +296,7 @@ def _finish(cfg: Any, state: dict, name: str, label: str, dtype: Any, device: An
     return model
 
 
-def _convert(model_type: str, config: Any, params: dict[str, Any], label: str) -> Any:
+def _convert(model_type: str, config: Any, params: Mapping[str, Any], label: str) -> Any:
     """The conversion's (ModelConfig, state); a tensor that does not fit it is a load error."""
     try:
         return conversions.convert(model_type, config, params)
