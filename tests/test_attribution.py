@@ -534,3 +534,23 @@ def test_eap_ig_agrees_with_exact_patching(setups, which, metric, least):
     # the edge that matters most by exact patching is among EAP-IG's three largest
     best = exact.top_edges(1)[0][0]
     assert best in [e for e, _ in ig.top_edges(3)], (best, ig.top_edges(3))
+
+
+def test_grouped_query_attention_scores_equal_those_of_the_expanded_model():
+    """A model with 2 key/value heads for 4 query heads scores every edge as the same model with each key/value
+    head copied to its query heads (an independent layout of the same function)."""
+    from circuitry.model import HookedTransformer, ModelConfig
+
+    grouped_cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=60, n_ctx=32, d_mlp=48,
+                              normalization="RMS", positional="rotary", n_kv_heads=2, gated_mlp=True, act_fn="silu",
+                              bos_token_id=0)
+    grouped = HookedTransformer(grouped_cfg, seed=4)
+    full = HookedTransformer(grouped.replace_config(n_kv_heads=None), seed=None)
+    state = {k: (v.repeat_interleave(2, 0) if k.endswith(("W_K", "W_V")) else v)
+             for k, v in grouped.state_dict().items()}
+    full.load_state_dict(state)
+    batch = build_batch(load_task(REPO / INDUCTION), grouped)
+    for method in ("eap", "eap-ig"):
+        a = attribute(grouped, batch, method=method, steps=2)
+        b = attribute(full, batch, method=method, steps=2)
+        check_close(a.edge_scores, b.edge_scores, 1e-5 * float(b.edge_scores.abs().max()), method)

@@ -212,12 +212,13 @@ def _head_input_hooks(model, layout: Layout, scorer: _Scorer) -> list:
             for what in ("normalized", "scale"):
                 hooks.append((f"blocks.{layer}.ln1.hook_{what}", _keep(stats, what)))
         for kind in ("Q", "K", "V"):
-            W = getattr(attn, f"W_{kind}").detach()  # [head or kv head, d_model, d_head]
-            W = W.repeat_interleave(cfg.n_heads // W.shape[0], 0)
+            W = getattr(attn, f"W_{kind}").detach()  # [head or kv head, d_model, d_head]: not expanded
 
             def on_grad(dq: torch.Tensor, W=W, ln=ln, stats=stats, first=firsts[(layer, kind)]) -> None:
                 with torch.no_grad():
-                    g = torch.einsum("bphe,hde->bphd", dq, W)  # [batch, pos, head, d_model] at the normalised input
+                    b, p, h, e = dq.shape  # the query heads of a key/value head are consecutive
+                    grouped = dq.reshape(b, p, W.shape[0], h // W.shape[0], e)
+                    g = torch.einsum("bpkre,kde->bpkrd", grouped, W).reshape(b, p, h, -1)  # at the normalised input
                     if ln.kind is not None:
                         g = norm_backward(ln, g, stats["normalized"], stats["scale"])
                 scorer.score(first, True, g)
