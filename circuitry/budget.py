@@ -8,7 +8,7 @@ process. Chunked loops size their chunks from the same budget.
 The budget is, in order: `CIRCUITRY_MEMORY_BUDGET` (bytes, or with a unit:
 `512MB`, `8GiB`, `2G`), else half of the memory this machine has available now
 (at least 1 GiB; 8 GiB when that cannot be read). Chunked loops size their chunks
-from `chunk_budget()`: the budget when it is set, else at most 512 MiB.
+from `chunk_budget()`: the budget when it is set, else at most 256 MiB.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from circuitry.errors import UsageError
 
 ENV = "CIRCUITRY_MEMORY_BUDGET"
 FALLBACK = 8 * 2**30
-CHUNK_DEFAULT = 512 * 2**20
+CHUNK_DEFAULT = 256 * 2**20
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 
@@ -61,7 +61,7 @@ def memory_budget() -> int:
 def chunk_budget() -> int:
     """Bytes a chunked loop (sweeps, attribution, composition scores) may hold per chunk: the budget when
     it is set (`CIRCUITRY_MEMORY_BUDGET`, `--memory-budget`), else the smaller of the budget and
-    `CHUNK_DEFAULT` (512 MiB): larger chunks are barely faster, and the rest of the memory stays free
+    `CHUNK_DEFAULT` (256 MiB): larger chunks are barely faster, and the rest of the memory stays free
     for the model."""
     if os.environ.get(ENV, "").strip():
         return memory_budget()

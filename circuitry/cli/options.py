@@ -22,4 +22,4 @@ def add_model_options(p: argparse.ArgumentParser, device_map: bool = True) -> No
     p.add_argument("--memory-budget", default=None, metavar="BYTES",
                    help="memory this command may allocate (e.g. 4GiB); larger work is refused with the number "
                         "and chunked work is split to fit (default: CIRCUITRY_MEMORY_BUDGET, else half the "
-                        "available memory, with chunks of at most 512 MiB)")
+                        "available memory, with chunks of at most 256 MiB)")
