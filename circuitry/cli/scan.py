@@ -78,7 +78,7 @@ def render(result, out, top: int) -> None:
         for col in ("kind", "from", "to", "score", "baseline", "ratio"):
             comp.add_column(col, justify="right" if col in ("score", "baseline", "ratio") else "left")
         for kind in ps.scores:
-            for row in result.pair_list(pname, kind)[:top]:
+            for row in result.pair_list(pname, kind, top):
                 ratio = row["score"] / row["baseline"] if row["baseline"] else float("nan")
                 style = "[bold green]" if ratio >= 1.5 else ""
                 comp.add_row(kind, row["from"], row["to"], f"{row['score']:.3f}", f"{row['baseline']:.3f}",
