@@ -153,7 +153,7 @@ def test_text_needs_a_tokenizer(capsys, monkeypatch, shipped):
 
     model = load_model(MODEL)
     model.tokenizer = CharTokenizer()
-    monkeypatch.setattr("circuitry.sources.load_model", lambda ref, device=None: model)
+    monkeypatch.setattr("circuitry.sources.load_model", lambda ref, device=None, **kwargs: model)
     assert cli.main(["show", MODEL, "--head", "L0H0", "--text", "abcab"]) == 0
     out = capsys.readouterr().out
     labels = [line.split("│")[0].strip() for line in out.splitlines() if "│" in line]

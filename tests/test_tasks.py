@@ -246,8 +246,8 @@ def _with_words(words: bool):
 
     real = sources.load_model
 
-    def load(ref, device=None):
-        model = real(ref, device=device)
+    def load(ref, device=None, **options):
+        model = real(ref, device=device, **options)
         if words:
             model.tokenizer = Words()
         return model
