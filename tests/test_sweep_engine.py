@@ -12,7 +12,7 @@ import torch
 from conftest import random_model
 
 from circuitry.budget import ENV
-from circuitry.interventions import Ablation, Node, clean_run, run_interventions
+from circuitry.interventions import Ablation, Node, clean_run, patched_site_names, run_interventions
 from circuitry.interventions.plan import read_names
 from circuitry.interventions.sweep import MIN_PASS_BYTES, pass_bytes, pass_rows, sweep_clean_run
 from circuitry.model import ModelConfig
@@ -173,4 +173,62 @@ def test_sweep_clean_run_caches_only_what_the_sweep_reads(model, tokens):
     b = run_interventions(model, full, items, metric)
     torch.testing.assert_close(a.stacked(), b.stacked(), atol=0, rtol=0)
     for got, want in zip(a.values, hook_loop(model, tokens, items)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_sweeps_given_tokens_read_a_lean_clean_run_with_every_kind_of_part(model, tokens):
+    """run_interventions given tokens caches only what its interventions read; every kind of part (edges from
+    embeddings, direct edges, site patches inside a layer, frozen patterns, combinations) gives the values of
+    a sweep over the full clean run, and of one hooked pass per intervention."""
+    from circuitry.interventions import Combined, Edge, EdgePatch, Patch
+
+    ref = torch.randint(0, model.cfg.d_vocab, (B, P), generator=torch.Generator().manual_seed(8))
+    at = _mask()
+    # (a resampled or corrupted position embedding is the same at the same positions: it would change nothing)
+    items = [EdgePatch(Edge("embed", "L1H0", "K")), EdgePatch(Edge("pos_embed", "M0", "mlp_in"), "zero", at=at),
+             EdgePatch(Edge("L0H1", "logits", "direct"), "corrupted"), EdgePatch(Edge("M0", "L2H3", "Q"), "mean"),
+             Patch("L1.resid_post"), Patch("L0H2.q_input", at=at), Patch("L2.attn_out", "mean"),
+             Patch("L1H3.pattern"), Patch("L2H1.k", "resample"), Ablation("L1H2", preserve_patterns=True),
+             Combined((Ablation("L0H1"), Patch("L2H0.pattern"), EdgePatch(Edge("L0H3", "L1H1", "V")))),
+             Ablation("M1", "resample", at=at)]
+    metric = per_sequence_loss(model)
+    lean = run_interventions(model, tokens, items, metric, reference=ref)
+    full = run_interventions(model, clean_run(model, tokens, patterns=True, extra=patched_site_names(items)), items,
+                             metric, reference=ref)
+    naive = run_interventions(model, tokens, items, metric, reference=ref, method="naive")
+    assert lean.n_unchanged == 0 and lean.n_passes < len(items)
+    for name, a, b, c in zip(lean.names, lean.values, full.values, naive.values):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_passes_do_not_wait_for_the_device(model, tokens, monkeypatch):
+    """Between the first and the last pass nothing asks for a mask's positions or a tensor's values on the host
+    (nonzero, item, tolist: on an accelerator each waits for every queued pass); they are found before."""
+    from circuitry.interventions import Edge, EdgePatch, Patch
+
+    at = _mask()
+    items = [Ablation(Node(l, h), "mean", at=at) for l in range(model.cfg.n_layers) for h in range(2)]
+    items += [EdgePatch(Edge("L0H1", "L2H0", "K"), "zero", at=at), Patch("L1.resid_pre", "mean", at=at),
+              EdgePatch(Edge("M1", "logits", "direct"), "mean", at=at)]
+    events: list[str] = []
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            events.append(name)
+            return real(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("nonzero", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    res = run_interventions(model, tokens, items, per_sequence_loss(model), max_batch=B,
+                            progress=lambda done, total: events.append("pass"))
+    monkeypatch.undo()
+    assert res.n_passes == len(items) > 2
+    passes = [i for i, e in enumerate(events) if e == "pass"]
+    assert "nonzero" in events[: passes[0]]  # the masks' positions, found before the first pass
+    assert events[passes[0]: passes[-1]] == ["pass"] * (len(passes) - 1)
+    for got, want in zip(res.values[:6], hook_loop(model, tokens, items[:6])):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

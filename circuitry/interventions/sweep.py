@@ -122,7 +122,7 @@ def run_with_intervention(model, clean: CleanRun | torch.Tensor, intervention: I
         return model.run_with_hooks(clean.tokens, intervention_hooks(model, clean, intervention, reference))
 
 
-MIN_PASS_BYTES = 64 * 2**20  # passes of smaller batches stack copies up to this size (about 64 MiB of activations)
+MIN_PASS_BYTES = 128 * 2**20  # passes of smaller batches stack copies up to this size (about 128 MiB of activations)
 
 
 def pass_bytes(cfg, rows: int, pos: int, per_head_inputs: bool = False) -> int:
