@@ -4,7 +4,7 @@ forward pass per head.
 Model: 12 layers, 12 heads, d_model 768, d_head 64, d_mlp 3072, LayerNorm, learned positions, gelu_new,
 random weights (seeded); a reduced vocabulary (default 1024, `--vocab 50257` for GPT-2's) so that the
 unembedding, which neither side can skip, does not dominate both. Data: 16 x 128 random tokens (`--batch`,
-`--pos`). Metric: the mean next-token loss. Interventions: zero-ablation of each of the 12 heads of layers
+`--pos`). Metric: the mean next-token loss. Interventions: zero-ablation of each head of layers
 0, 6 and 11 (`--layers`). `--small`: 12 layers of d_model 256, 8 heads, d_mlp 1024 (a quick run, each
 layer timed 3 times; its passes are short, so the load of a shared machine shows more in its times).
 
@@ -17,27 +17,27 @@ layer timed 3 times; its passes are short, so the load of a shared machine shows
   `run_with_hooks(tokens, [("blocks.{l}.attn.hook_z", hook)])` with a hook that zeros the head's slice of z
   in place, full logits, then the metric.
 
-Time: both sides in this process, the loop's passes interleaved with the engine's (after each of the
-engine's passes its progress callback runs the loop for the heads the engine has just done, timed apart), so
-that both see the same load on a shared machine. Per layer: the loop's time, the engine's (without the clean
-run, which every layer shares, as all checks of a spec share theirs) and loop / engine; "per pass": the
-median over the engine's passes of the loop's time for the same heads, run right after the pass, over the
-pass's time (a load spike that hits a few passes of one side moves the sums, not the median); with `--repeat N`
-each layer is measured N times and each side's fastest is used. Overall: the loop's passes over the engine's
-work counted in loop passes: each layer's engine time in units of the loop passes timed alongside it (12 /
-its ratio), the clean run in units of a loop pass timed right before it and one right after; so that a
-change of the machine's load from one layer to the next does not weigh the layers differently on the two
-sides. The plain sums (loop seconds over engine seconds with the clean run) print too; under a steady load
-the two agree.
+Time: both sides in this process (after a warm-up pass of the full size), the loop's passes interleaved with
+the engine's (after each of the engine's passes its progress callback runs the loop for the heads the engine
+has just done, timed apart), so that both see the same load on a shared machine. Per layer: the loop's time,
+the engine's (without the clean run, which every layer shares, as all checks of a spec share theirs) and
+loop / engine; "per pass": the median over the engine's passes of the loop's time for the same heads, run
+right after the pass, over the pass's time (a load spike that hits a few passes of one side moves the sums,
+not the median); with `--repeat N` each layer is measured N times and each side's fastest is used. Overall:
+the loop's passes over the engine's work counted in loop passes: each layer's engine time in units of the
+loop passes timed alongside it (its heads / its ratio), the clean run in units of a loop pass timed right before it
+and one right after; so that a change of the machine's load from one layer to the next does not weigh the
+layers differently on the two sides. The plain sums (loop seconds over engine seconds with the clean run)
+print too; under a steady load the two agree.
 
 Peak memory: each side once more in a fresh process (this script with `--only loop|engine`): the process's
 peak resident memory (VmHWM of /proc/self/status; resident memory counts every byte the process holds,
 whoever allocated it, while tracemalloc does not see torch's tensors), reset through /proc/self/clear_refs
-once the model and the tokens are built and warmed up, so that it is the peak of the work alone; "above the
-model" is that peak minus the resident memory at the reset. Every pass of the loop is the same computation
-on the same shapes, so its process runs one head per layer; the engine's process makes the same clean run
-as the timed one and runs the heads of one full pass per layer. On CUDA (`--device cuda`) the peak is
-torch's peak allocated device memory instead.
+once the model and the tokens are built (and a tiny pass run), so that it is the peak of the work alone;
+"above the model" is that peak minus the resident memory at the reset. Every pass of the loop is the same
+computation on the same shapes, so its process runs one head per layer; the engine's process makes the same
+clean run as the timed one and runs the heads of one full pass per layer. On CUDA (`--device cuda`) the peak
+is torch's peak allocated device memory instead.
 
 The values of both sides must agree within 1e-4 on every head (exit 1 otherwise). Whether loop / engine >=
 1.0 at every layer, >= 1.8 overall, and the engine's peak within 1.3 x the loop's print last; nothing is
@@ -75,14 +75,16 @@ def make_config(args) -> ModelConfig:
                        name="gpt2-small-shape" if not args.small else "small")
 
 
-def setup(args) -> tuple[HookedTransformer, torch.Tensor]:
+def setup(args, warm_up: bool = True) -> tuple[HookedTransformer, torch.Tensor]:
+    """The model and the tokens; warm_up: one pass of the full size, so that neither timed side pays for the first
+    (the memory processes run a tiny one, so that their resident memory at the reset holds no freed activations)."""
     torch.set_num_threads(args.threads)
     cfg = make_config(args)
     model = HookedTransformer(cfg, seed=args.seed).eval().to(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, cfg.d_vocab, (args.batch, args.pos), generator=gen).to(args.device)
     with torch.inference_mode():
-        model(tokens)  # warm-up: one pass of the full size, so that neither side pays for the first one
+        model(tokens if warm_up else tokens[:1, :8])
     return model, tokens
 
 
@@ -134,7 +136,7 @@ def memory_now(device: str) -> tuple[int, int]:
 
 def measure_memory(job: str, args) -> dict:
     """The peak memory of one side's work, in this (fresh) process."""
-    model, tokens = setup(args)
+    model, tokens = setup(args, warm_up=False)
     layers = parse_layers(args.layers)
     heads = [Node(l, h) for l in layers for h in range(model.cfg.n_heads)]
     sync(args.device)
