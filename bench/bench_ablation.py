@@ -58,6 +58,7 @@ import sys
 import time
 
 import torch
+from measure import code_version, reset_rss_peak, status_kb
 
 from circuitry.interventions import Ablation, Node, run_interventions
 from circuitry.interventions.sweep import pass_rows, sweep_clean_run
@@ -106,32 +107,19 @@ def loop_value(model, tokens: torch.Tensor, node: Node) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ memory (a child process)
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return -1
-
-
 def reset_peak(device: str) -> bool:
     """Reset the peak: torch's peak device memory (CUDA), else the process's peak resident memory (Linux)."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         return True
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return reset_rss_peak()
 
 
 def memory_now(device: str) -> tuple[int, int]:
     """(now, peak) in kB: torch's allocated device memory (CUDA), else VmRSS and VmHWM."""
     if device.startswith("cuda"):
         return torch.cuda.memory_allocated() // 1024, torch.cuda.max_memory_allocated() // 1024
-    return _status_kb("VmRSS"), _status_kb("VmHWM")
+    return status_kb("VmRSS"), status_kb("VmHWM")
 
 
 def measure_memory(job: str, args) -> dict:
@@ -226,19 +214,6 @@ def measure_time(model, tokens: torch.Tensor, layers: list[int], device: str, re
                                 "engine": min(r["engine"] for r in runs),
                                 "pairs": [p for r in runs for p in r["pairs"]]}
         return out
-
-
-def code_version() -> str:
-    """The git commit of the checkout this script runs from ("+ changes" when circuitry/ differs from it), if any."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "circuitry"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}{' + changes' if dirty else ''}" if head else "unknown"
 
 
 def parse_layers(text: str) -> list[int]:

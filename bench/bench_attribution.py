@@ -54,6 +54,7 @@ import sys
 import time
 
 import torch
+from measure import code_version, reset_rss_peak, status_kb
 
 from circuitry.attribution import Layout, attribute, pearson
 from circuitry.model import HookedTransformer, ModelConfig
@@ -101,24 +102,6 @@ def sample_edges(layout: Layout, n: int) -> list[int]:
 
 
 # ------------------------------------------------------------------ memory
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def reset_peak() -> bool:
-    """Reset the process's peak resident memory (VmHWM) to its current resident memory (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def mib(kb: int) -> float:
     return kb / 1024
 
@@ -137,17 +120,17 @@ def measure(job: str, args) -> dict:
     metric = get_manager().get("circuitry_metrics", "logit_diff", "metric")
     with torch.no_grad():
         model(batch.tokens[:1, :8])  # warm-up
-    out: dict = {"job": job, "reset": reset_peak(), "base_kb": _status_kb("VmRSS")}
+    out: dict = {"job": job, "reset": reset_rss_peak(), "base_kb": status_kb("VmRSS")}
 
     def timed(name: str, fn, repeat: int = 1) -> None:
         """out[name]: the fastest of `repeat` runs; out[name + "_peak_kb"]: the peak resident memory during them."""
-        reset_peak()
+        reset_rss_peak()
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-        out[name], out[name + "_peak_kb"] = min(times), _status_kb("VmHWM")
+        out[name], out[name + "_peak_kb"] = min(times), status_kb("VmHWM")
 
     def forward() -> None:
         with torch.no_grad():
@@ -181,9 +164,9 @@ def measure(job: str, args) -> dict:
         out["unit"] = (out["fwd-bwd-before"] + out["fwd-bwd-after"]) / 2
     elif job == "exact":
         timed("forward-here", forward)  # a plain forward pass in this process, to compare a patched pass with
-        reset_peak()
+        reset_rss_peak()
         out.update(exact_sample(model, batch, layout, sample, metric))
-        out["exact_peak_kb"] = _status_kb("VmHWM")
+        out["exact_peak_kb"] = status_kb("VmHWM")
     return out
 
 
@@ -209,19 +192,6 @@ def exact_sample(model, batch, layout: Layout, sample: list[int], metric) -> dic
         times.append(time.perf_counter() - t0)
         scores.append(base - float(res.values[0]))  # logit_diff: higher is better, sign +1
     return {"setup": setup, "times": times, "sample": scores}
-
-
-def code_version() -> str:
-    """The git commit of the checkout this script runs from ("+ changes" when circuitry/ differs from it), if any."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "circuitry"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}{' + changes' if dirty else ''}" if head else "unknown"
 
 
 def run_child(job: str, argv: list[str]) -> dict:

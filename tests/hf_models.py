@@ -133,3 +133,26 @@ def save_tokenizer(directory: Path) -> None:
 def word_ids(text: str) -> list[int]:
     """The ids the saved tokenizer must give, computed from WORDS directly."""
     return [WORDS.index(w) for w in text.split()]
+
+
+def reference_scores(att: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """previous_token and induction [layer, head] from attention weights, by their definitions with loops:
+    mean A[i, i-1] over i >= 1; mean over queries i whose token occurred before of the attention on the
+    positions j <= i whose preceding token t[j-1] equals t[i]."""
+    L, B, H, N, _ = att.shape
+    prev = torch.zeros(L, H, dtype=torch.float64)
+    ind = torch.zeros(L, H, dtype=torch.float64)
+    rows = tokens.tolist()
+    for l in range(L):
+        for h in range(H):
+            prev[l, h] = sum(float(att[l, b, h, i, i - 1]) for b in range(B) for i in range(1, N)) / (B * (N - 1))
+            total, count = 0.0, 0
+            for b in range(B):
+                t = rows[b]
+                for i in range(N):
+                    js = [j for j in range(1, i + 1) if t[j - 1] == t[i]]
+                    if js:
+                        total += sum(float(att[l, b, h, i, j]) for j in js)
+                        count += 1
+            ind[l, h] = total / count
+    return prev, ind

@@ -328,28 +328,21 @@ def check_shapes(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Te
 
 
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str, dtype: torch.dtype | None = None,
-                device: str | torch.device | None = None) -> HookedTransformer:
-    """A model of `cfg` whose parameters are the tensors of `state` (checked as `load_state` checks them),
-    each converted to `dtype` (float32 by default) and moved to `device` one at a time, so the weights are
-    never held twice. `state` is emptied."""
+                device: str | torch.device | None = None, checked: bool = False) -> HookedTransformer:
+    """A model of `cfg` whose parameters are the tensors of `state`, each converted to `dtype` (float32 by
+    default) and moved to `device` one at a time, so the weights are never held twice; a one-line error for
+    missing, unexpected or misshapen tensors, and (unless the caller `checked` them already) for non-float
+    or non-finite ones. `state` is emptied."""
     model = HookedTransformer(cfg, seed=None, device="meta")
     check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, where)
-    check_weights(state, where)
+    if not checked:
+        check_weights(state, where)
     dtype, device = dtype or torch.float32, torch.device(device or "cpu")
     params: dict[str, torch.Tensor] = {}
     for k in list(state):
         params[k] = state.pop(k).to(device=device, dtype=dtype)
     model.load_state_dict(params, strict=True, assign=True)
     return model
-
-
-def load_state(model: HookedTransformer, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load a state dict with a one-line error for missing, unexpected, misshapen, non-float or
-    non-finite tensors."""
-    own = model.state_dict()
-    check_shapes({k: tuple(v.shape) for k, v in own.items()}, state, where)
-    check_weights(state, where)
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -289,7 +289,7 @@ def _finish(cfg: Any, state: dict, name: str, label: str, dtype: Any, device: An
     if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
         changes["bos_token_id"] = bos
     cfg = type(cfg)(**{**cfg.to_dict(), **changes})
-    model = build_model(cfg, state, label, dtype, device)
+    model = build_model(cfg, state, label, dtype, device, checked=True)  # checked as the checkpoint was read
     model.tokenizer = tokenizer
     model.tokenizer_note = why
     model.eval()
