@@ -10,7 +10,7 @@
     with registered_plugin(MyPlugin(), "mine"):
         ...  # circuitry.plugins.get_manager() now includes it
 
-The pytest fixture `circuitry_plugin` (tests/conftest.py) wraps this.
+The pytest fixture `circuitry_plugin` (`circuitry.pytest_plugin`, installed with circuitry) wraps this.
 """
 
 from __future__ import annotations

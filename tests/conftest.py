@@ -147,17 +147,6 @@ def _no_grad_leak():
     yield
 
 
-@pytest.fixture
-def circuitry_plugin():
-    """Register throw-away plugins: `circuitry_plugin(obj, "name")`; all are removed after the test."""
-    from contextlib import ExitStack
-
-    from circuitry.testing import registered_plugin
-
-    with ExitStack() as stack:
-        yield lambda plugin, name: stack.enter_context(registered_plugin(plugin, name))
-
-
 # ------------------------------------------------------------------ tests write nothing into the repository
 def _untracked_files() -> set[str] | None:
     """Untracked files of the repository that git does not ignore; None without git or a work tree."""

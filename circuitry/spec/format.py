@@ -167,6 +167,10 @@ def spec_schema(manager: Any = None) -> Obj:
             "description": Field(Str()),
             "authors": Field(ListOf(Str())),
             "tags": Field(ListOf(Str())),
+            "xfail": Field(Str(pattern=r"\S.*", pattern_doc="the reason, as text"),
+                           doc="the reason the spec is expected to fail (a hypothesis known to be wrong): under "
+                               "pytest its failing checks are expected failures, and it fails if every check "
+                               "holds; `circuitry verify` reports it like any spec"),
             "attribution": Field(Obj({}, extra=SCALAR, doc="how discovery by attribution chose the circuit"),
                                  doc="written by `discover --method eap|eap-ig`: the method, its steps, the "
                                      "edges kept and the faithfulness curve's areas"),
