@@ -50,6 +50,12 @@ class ScanResult:
         return [{"from": names[i], "to": names[j], "score": v, "baseline": base}
                 for i, j, v in zip(sender[order].tolist(), receiver[order].tolist(), values[order].tolist())]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's inline view: the strongest heads and pairs, the score grids (`circuitry.report.notebook`)."""
+        from circuitry.report.notebook import scan_html
+
+        return scan_html(self)
+
     def to_json(self) -> dict:
         """The strict-JSON document of `scan --json`: a score or baseline that is NaN or infinite
         (a detector that could not score a head) is null, and null scores come last in the pair lists."""

@@ -63,6 +63,10 @@ class VerificationReport:
                 "passed": self.passed, "seconds": round(self.seconds, 3),
                 "checks": [c.to_json() for c in self.checks], "warnings": list(self.warnings)}
 
+    def _repr_html_(self) -> str:  # Jupyter shows the report inline: claims, circuit, scores
+        from circuitry.report.notebook import report_html
+        return report_html(self)
+
 
 # ------------------------------------------------------------------ model and data
 def spec_model_ref(spec: CircuitSpec) -> str:

@@ -332,6 +332,13 @@ class ResidualGraph(nx.MultiDiGraph):
             g.add_edge(u, v, key=k, **{a: b for a, b in d.items() if a != "id"})
         return g
 
+    def _repr_html_(self) -> str:
+        """Jupyter's inline view: counts, the circuit drawn (when small), strongest edges and head scores
+        (`circuitry.report.notebook`)."""
+        from circuitry.report.notebook import graph_html
+
+        return graph_html(self)
+
     def to_dot(self, name: str = "residual_graph") -> str:
         """Graphviz DOT text: one box per component, heads ranked by layer, edges labelled by kind."""
         return _dot(self, name)
