@@ -44,7 +44,9 @@ class Grid:
     "head_scores" (rows: layers, cols: heads), "composition" (rows: sender
     heads, cols: receiver heads) or "patching" (rows: layers or heads, cols:
     positions or heads; values: normalised patching effects). highlight: (row, col) cells to outline
-    (circuit edges, scores at or above a threshold).
+    (circuit edges, scores at or above a threshold). centre: the value a diverging colour scale is
+    centred on (composition: the random-matrix baseline, since random weights do not score 0); None:
+    sequential, or centred on 0 when value_range spans 0.
     """
 
     id: str
@@ -61,6 +63,7 @@ class Grid:
     baseline: float | None = None
     highlight: tuple[tuple[int, int], ...] = ()
     note: str = ""
+    centre: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -256,7 +259,7 @@ def composition_grids(pairs: PairScores, senders: Sequence[tuple[int, int]], rec
         grids.append(Grid(f"{prefix}-{kind}", "composition", title, tuple(rows),
                           tuple(head_name(l, h) for l, h in senders), tuple(head_name(l, h) for l, h in receivers),
                           "sender", "receiver", (0.0, top), baseline=base, highlight=tuple(hi),
-                          note=f"random baseline {base:.3f}"))
+                          note="red: above the random baseline (what random weights score), blue: below", centre=base))
     return tuple(grids)
 
 

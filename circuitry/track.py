@@ -308,28 +308,55 @@ def track(paths: Iterable[str | Path], device: str | None = None,
 
 
 
+def run_label(result: TrackResult) -> str:
+    """What the checkpoints are of, for a title: their common directory (the run, not its `checkpoints/`)."""
+    import os
+
+    dirs = [str(Path(c.path).resolve().parent) for c in result.checkpoints]
+    if not dirs:
+        return "no checkpoints"
+    common = Path(os.path.commonpath(dirs))
+    if common.name == "checkpoints":
+        common = common.parent
+    try:
+        return str(common.relative_to(Path.cwd()))
+    except ValueError:
+        return str(common)
+
+
+def track_title(result: TrackResult) -> str:
+    """The plot's title: what is plotted, on which run, and the phase-change rule's threshold and outcome."""
+    n = len(result.checkpoints)
+    first = (f"Best-head previous-token and induction scores (0..1), loss on repeats and ICL score (nats): "
+             f"{n} checkpoint{'s' if n != 1 else ''} of {run_label(result)}")
+    rule = f"phase change: induction jump >= {MIN_JUMP:g} confirmed by the ICL score"
+    change = result.phase_change
+    outcome = (f"at step {change.step} (+{change.induction_jump:.2f})" if change is not None
+               else f"none ({result.reason})" if result.reason else "none")
+    return f"{first}\n{rule}: {outcome}"
+
+
 def plot_track(result: TrackResult, path: str | Path) -> Path:
-    """PNG: best previous-token and induction scores over steps; loss on the repeats and the ICL score
-    (nats) on the second axis; the phase-change step marked. Needs matplotlib (UsageError otherwise)."""
-    from circuitry.report.plots import phase_change_figure, save_png
+    """PNG: best previous-token and induction scores over steps on a fixed 0..1 axis; loss on the repeats
+    and the ICL score (nats) on the second axis; the phase-change step marked; the legend below the axes.
+    Needs matplotlib (UsageError otherwise)."""
+    from circuitry.report.plots import phase_change_figure, place_legend, save_png
 
     stats = result.checkpoints
     steps = [s.step for s in stats]
     fig = phase_change_figure(steps, {"best induction": [s.induction for s in stats],
                                       "best previous-token": [s.previous_token for s in stats]},
-                              loss=[s.loss_repeats for s in stats], title="induction phase change")
+                              loss=[s.loss_repeats for s in stats], title=track_title(result))
     ax, ax2 = fig.axes[0], fig.axes[-1]
     ax2.get_lines()[0].set_label("loss on repeats")
     ax2.plot(steps, [s.icl_score for s in stats], lw=1.2, ls="--", color="#6a3d9a", label="ICL score")
     ax2.set_ylabel("nats (loss on repeats, ICL score)")
     if result.phase_change is not None:
-        ax.axvline(result.phase_change.step, color="#c5221f", lw=1, alpha=0.7)
-        ax.text(result.phase_change.step, 1.0, f" phase change {result.phase_change.step}", color="#c5221f",
-                fontsize=8, va="top", transform=ax.get_xaxis_transform())
+        ax.axvline(result.phase_change.step, color="#c5221f", lw=1, alpha=0.7, label="phase change")
     handles: list = []
     labels: list[str] = []
     for a in (ax, ax2):
         h, lab = a.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
-    ax.legend(handles, labels, fontsize=8, loc="center right")
+    place_legend(ax, handles, labels)
     return save_png(fig, path)

@@ -3,6 +3,9 @@
 Sequential values use ColorBrewer's "Blues" (matplotlib's `Blues`), ranges
 that include negative values its diverging "RdBu" reversed (`RdBu_r`), so the
 PNGs drawn with matplotlib read the same as the HTML and terminal pictures.
+A scale with a centre (composition scores: the random-matrix baseline, which
+random weights score on average and which is well above 0) is diverging and
+symmetric about it: white at the centre, red above, blue below.
 """
 
 from __future__ import annotations
@@ -31,15 +34,25 @@ def diverging(value_range: tuple[float, float]) -> bool:
     return value_range[0] < 0 < value_range[1]
 
 
-def scale_colour(value: float, value_range: tuple[float, float]) -> str:
-    """The colour of `value` on the scale of `value_range` (values outside are clipped)."""
+def scale_bounds(value_range: tuple[float, float], centre: float | None = None) -> tuple[float, float, bool]:
+    """(lo, hi, diverging) of the colour scale of `value_range`: symmetric about `centre` when one is given
+    (about 0 for a range across 0), so equal distances from the centre get equally strong colours."""
+    lo, hi = value_range
+    if centre is None and diverging(value_range):
+        centre = 0.0
+    if centre is None:
+        return lo, hi, False
+    m = max(centre - lo, hi - centre) or 1.0
+    return centre - m, centre + m, True
+
+
+def scale_colour(value: float, value_range: tuple[float, float], centre: float | None = None) -> str:
+    """The colour of `value` on the scale of `value_range` (values outside are clipped), diverging about
+    `centre` when one is given (see `scale_bounds`)."""
     if value is None or not math.isfinite(value):
         return EMPTY
-    lo, hi = value_range
-    stops = RDBU_R if diverging(value_range) else BLUES
-    if diverging(value_range):  # centre the scale on 0
-        m = max(-lo, hi)
-        lo, hi = -m, m
+    lo, hi, two_sided = scale_bounds(value_range, centre)
+    stops = RDBU_R if two_sided else BLUES
     x = 0.0 if hi == lo else min(1.0, max(0.0, (value - lo) / (hi - lo)))
     pos = x * (len(stops) - 1)
     i = min(int(pos), len(stops) - 2)

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from circuitry.figures import CircuitGraph, Claim, Figures, Grid
-from circuitry.report.colours import EDGE_COLOURS, diverging, ink_for, role_colours, scale_colour
+from circuitry.figures import CircuitGraph, Claim, Figures, GraphEdge, Grid
+from circuitry.report.colours import EDGE_COLOURS, ink_for, role_colours, scale_bounds, scale_colour
+from circuitry.report.ticks import label_stride, ordinal
 
 CSS = """
 :root { --ink: #1d2433; --muted: #5b6478; --line: #dfe3ea; --card: #ffffff; --bg: #f4f6f9;
@@ -64,18 +65,18 @@ figure.heatmap { margin: 0; }
 figure.heatmap figcaption { font-weight: 600; margin-bottom: 6px; }
 figure.heatmap figcaption .role { color: var(--muted); font-weight: 500; }
 figure.heatmap .note { color: var(--muted); font-size: 12px; margin-top: 4px; max-width: 460px; }
-table.hm { border-collapse: separate; border-spacing: 1px; font-size: 10px; color: var(--muted); }
-table.hm td { width: 20px; height: 20px; min-width: 20px; padding: 0; border-radius: 2px; }
-table.hm.c15 td { width: 15px; height: 15px; min-width: 15px; }
-table.hm.c11 td { width: 11px; height: 11px; min-width: 11px; }
-table.hm.c7 td { width: 7px; height: 7px; min-width: 7px; border-radius: 1px; }
-table.hm.c11 { font-size: 8px; } table.hm.c7 { font-size: 6px; border-spacing: 0; }
-table.hm th { font-weight: 500; padding: 0 4px 0 0; text-align: right; white-space: nowrap;
-  max-width: 90px; overflow: hidden; text-overflow: ellipsis; }
-table.hm thead th { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left; padding: 0 0 4px;
-  height: 40px; vertical-align: bottom; }
+.hm-wrap { overflow-x: auto; max-width: 100%; }
+table.hm { border-collapse: separate; border-spacing: var(--gap); font-size: 11px; color: var(--muted); }
+table.hm td { width: var(--c); height: var(--c); min-width: var(--c); padding: 0; border-radius: 2px; }
+table.hm.dense td { border-radius: 0; }
+table.hm td:hover { outline: 2px solid #1d2433; }
+table.hm th { font-weight: 500; white-space: nowrap; line-height: var(--c); padding: 0; overflow: visible; }
+table.hm tbody th { text-align: right; padding-right: 5px; height: var(--c); }
+table.hm thead th { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left; padding-top: 5px;
+  vertical-align: bottom; width: var(--c); }
+table.hm th.skip { visibility: hidden; }
 table.hm th.axis { writing-mode: horizontal-tb; transform: none; color: #8a92a3; font-style: italic;
-  vertical-align: bottom; text-align: right; padding-right: 4px; }
+  line-height: 1.25; width: auto; vertical-align: bottom; text-align: right; padding: 0 5px 5px 0; }
 table.hm td.hi { outline: 2px solid #ffb000; outline-offset: -2px; }
 table.mx { border-collapse: separate; border-spacing: 2px; font-size: 12px; }
 table.mx td { min-width: 58px; height: 38px; text-align: center; border-radius: 4px; padding: 2px 6px;
@@ -87,6 +88,7 @@ table.mx th { font-weight: 600; font-size: 12px; padding: 2px 6px; color: var(--
 table.mx th.axis { color: #8a92a3; font-weight: 500; font-style: italic; }
 .scale { display: flex; align-items: center; gap: 6px; font-size: 11px; color: var(--muted); margin-top: 6px; }
 .scale i { display: inline-block; width: 120px; height: 9px; border-radius: 2px; }
+.scale .centre { margin-left: 8px; }
 footer { color: #8a92a3; font-size: 12px; margin-top: 24px; }
 """
 
@@ -132,36 +134,65 @@ def _claims(claims: Sequence[Claim]) -> str:
 
 
 # ------------------------------------------------------------------ heatmaps
-def _scale_bar(value_range: tuple[float, float]) -> str:
-    lo, hi = value_range
-    if diverging(value_range):
-        m = max(-lo, hi)
-        lo, hi = -m, m
-    stops = ", ".join(scale_colour(lo + (hi - lo) * i / 8, (lo, hi)) for i in range(9))
-    return f'<div class="scale">{_fmt(lo)} <i style="background: linear-gradient(90deg, {stops})"></i> {_fmt(hi)}</div>'
+LABEL_PX = 11  # font size of heatmap labels, whatever the sequence length (never below 10 px)
+LABEL_SPAN = 15  # px a label needs across its line: its glyph box and a gap to the next label
+LABEL_CHARS = 12  # characters of a token label drawn; the full label is in the hover title
+GRID_PX = 768  # long sequences: cells shrink until the grid is about this wide, down to MIN_CELL_PX
+MIN_CELL_PX = 5
+
+
+def cell_px(n: int) -> int:
+    """The side of a heatmap cell for an n x n pattern."""
+    return 20 if n <= 16 else 14 if n <= 48 else max(MIN_CELL_PX, GRID_PX // n)
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
+
+
+def _scale_bar(grid: Grid) -> str:
+    lo, hi, _ = scale_bounds(grid.value_range, grid.centre)
+    stops = ", ".join(scale_colour(lo + (hi - lo) * i / 8, (lo, hi), grid.centre) for i in range(9))
+    centre = (f'<span class="centre">white: {"random baseline" if grid.baseline == grid.centre else "centre"} '
+              f"{_fmt(grid.centre)}</span>" if grid.centre is not None else "")
+    return (f'<div class="scale">{_fmt(lo)} <i style="background: linear-gradient(90deg, {stops})"></i> '
+            f"{_fmt(hi)}{centre}</div>")
 
 
 def attention_table(grid: Grid) -> str:
-    """A [q, k] pattern as a table of coloured cells; numbers in data-value, tokens in the headers."""
+    """A [q, k] pattern as a table of coloured cells; numbers in data-value, tokens in the headers.
+
+    Every cell's title (its hover tooltip) names the query and key positions, their tokens and the weight.
+    Labels keep LABEL_PX whatever the length: on long sequences only every k-th is shown (`label_stride`),
+    the others stay in the table hidden (class "skip"), with their titles."""
     n_q, n_k = grid.shape
-    n = max(n_q, n_k)
-    size = "" if n <= 16 else " c15" if n <= 24 else " c11" if n <= 40 else " c7"
-    head = "".join(f'<th data-k="{j}" title="{j}: {_e(t)}">{_e(t)}</th>' for j, t in enumerate(grid.col_labels))
+    c = cell_px(max(n_q, n_k))
+    gap = 1 if c >= 10 else 0
+    stride = label_stride(c + gap, LABEL_SPAN)
+
+    def th(axis: str, i: int, label: str) -> str:
+        skip = ' class="skip"' if i % stride else ""
+        return f'<th data-{axis}="{i}"{skip} title="{i}: {_e(label)}">{_e(_short(label))}</th>'
+
+    head = "".join(th("k", j, t) for j, t in enumerate(grid.col_labels))
     body = []
     hi = set(grid.highlight)
     for i, row in enumerate(grid.values):
         cells = []
         for j, v in enumerate(row):
-            bg = scale_colour(v, grid.value_range)
+            bg = scale_colour(v, grid.value_range, grid.centre)
             tip = f"query {i} ({grid.row_labels[i]}) → key {j} ({grid.col_labels[j]}): {_fmt(v)}"
             cls = ' class="hi"' if (i, j) in hi else ""
             cells.append(f'<td{cls} data-q="{i}" data-k="{j}" data-value="{_data(v)}" style="background:{bg}" '
                          f'title="{_e(tip)}"></td>')
-        body.append(f'<tr><th data-q="{i}" title="{i}: {_e(grid.row_labels[i])}">{_e(grid.row_labels[i])}</th>'
-                    + "".join(cells) + "</tr>")
-    return (f'<table class="hm{size}" data-grid="{_e(grid.id)}" data-head="{_e(grid.head or "")}" '
-            f'data-rows="{n_q}" data-cols="{n_k}"><thead><tr><th class="axis">key →<br>query ↓</th>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+        body.append(f"<tr>{th('q', i, grid.row_labels[i])}" + "".join(cells) + "</tr>")
+    dense = " dense" if c < 10 else ""
+    return (f'<div class="hm-wrap"><table class="hm{dense}" style="--c:{c}px;--gap:{gap}px" '
+            f'data-grid="{_e(grid.id)}" data-head="{_e(grid.head or "")}" data-rows="{n_q}" data-cols="{n_k}" '
+            f'data-label-stride="{stride}"><thead><tr><th class="axis">key →<br>query ↓</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>'
+            + (f'<div class="note">labels: every {ordinal(stride)} position (0, {stride}, {2 * stride}, …); '
+               "hover a cell for its query and key tokens and its weight</div>" if stride > 1 else ""))
 
 
 def matrix_table(grid: Grid) -> str:
@@ -176,7 +207,7 @@ def matrix_table(grid: Grid) -> str:
                 cells.append(f'<td class="na" data-row="{i}" data-col="{j}" data-value="nan" '
                              f'style="background:#f1f3f6">–</td>')
                 continue
-            bg = scale_colour(v, grid.value_range)
+            bg = scale_colour(v, grid.value_range, grid.centre)
             extra = f"<small>{v / grid.baseline:.1f}×</small>" if grid.baseline else ""
             tip = f"{grid.row_labels[i]} → {grid.col_labels[j]}: {_fmt(v)}" + (
                 f" ({v / grid.baseline:.2f}× baseline)" if grid.baseline else "")
@@ -196,7 +227,7 @@ def _figure(grid: Grid, table: str) -> str:
     note = f'<div class="note">{_e(grid.note)}</div>' if grid.note else ""
     return (f'<figure class="heatmap" data-kind="{_e(grid.kind)}" data-grid="{_e(grid.id)}" '
             f'data-head="{_e(grid.head or "")}"><figcaption>{title}{role}</figcaption>{table}'
-            f"{_scale_bar(grid.value_range)}{note}</figure>")
+            f"{_scale_bar(grid)}{note}</figure>")
 
 
 # ------------------------------------------------------------------ circuit graph
@@ -205,14 +236,57 @@ MAX_WIDTH = 1250  # the graph fits the page's content width when it can
 LANE = 20  # vertical spacing of the lanes above the nodes that edges skipping a column take
 
 
-def _bezier(p0, p1, p2, p3, t: float) -> tuple[float, float]:
+Point = tuple[float, float]
+Segment = tuple[Point, Point, Point, Point]  # a cubic Bézier: start, two control points, end
+# where along its edge (0: sender, 1: receiver) a label may sit, best first
+LABEL_T = (0.5, 0.42, 0.58, 0.34, 0.66, 0.26, 0.74, 0.2, 0.8, 0.15, 0.85)
+MIN_W, MAX_W = 1.5, 6.0  # stroke widths of the weakest and the strongest scored edge
+
+
+def _bezier(p0: Point, p1: Point, p2: Point, p3: Point, t: float) -> Point:
     u = 1 - t
     return (u ** 3 * p0[0] + 3 * u * u * t * p1[0] + 3 * u * t * t * p2[0] + t ** 3 * p3[0],
             u ** 3 * p0[1] + 3 * u * u * t * p1[1] + 3 * u * t * t * p2[1] + t ** 3 * p3[1])
 
 
+def _line(a: Point, b: Point) -> Segment:
+    return (a, (a[0] + (b[0] - a[0]) / 3, a[1] + (b[1] - a[1]) / 3),
+            (a[0] + 2 * (b[0] - a[0]) / 3, a[1] + 2 * (b[1] - a[1]) / 3), b)
+
+
+def _at(segments: Sequence[Segment], t: float) -> Point:
+    """The point at t in [0, 1] of a path of segments, each segment an equal share of t."""
+    i = min(int(t * len(segments)), len(segments) - 1)
+    return _bezier(*segments[i], t * len(segments) - i)
+
+
+def _d(segments: Sequence[Segment]) -> str:
+    """The SVG path data of a chain of segments."""
+    (x, y) = segments[0][0]
+    return f"M{x:.1f},{y:.1f} " + " ".join(
+        f"C{a[0]:.1f},{a[1]:.1f} {b[0]:.1f},{b[1]:.1f} {c[0]:.1f},{c[1]:.1f}" for _, a, b, c in segments)
+
+
+def _gap(box: tuple[float, float, float, float], points: Sequence[Point]) -> float:
+    """How far the nearest of `points` is from the box (0 inside it)."""
+    return min((math.hypot(max(box[0] - x, 0.0, x - box[2]), max(box[1] - y, 0.0, y - box[3])) for x, y in points),
+               default=math.inf)
+
+
+def _box(centre: Point, w: float, h: float) -> tuple[float, float, float, float]:
+    return (centre[0] - w / 2, centre[1] - h / 2, centre[0] + w / 2, centre[1] + h / 2)
+
+
 def _overlaps(a, b) -> bool:
     return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+def edge_width(score: float | None, strongest: float) -> float:
+    """Stroke width of an edge: proportional to its score over the strongest edge's (MIN_W..MAX_W); 2 px for
+    an edge without a score."""
+    if score is None or not math.isfinite(score) or strongest <= 0:
+        return 2.0
+    return MIN_W + (MAX_W - MIN_W) * max(0.0, score) / strongest
 
 
 def _edge_text(e) -> str:
@@ -247,8 +321,8 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
              f'width="{width}" height="{height:.0f}" viewBox="0 0 {width} {height:.0f}" role="img" '
              f'aria-label="circuit graph">']
     parts.append("<defs>" + "".join(
-        f'<marker id="{uid}-arrow-{k}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
+        f'<marker id="{uid}-arrow-{k}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="12" markerHeight="12" '
+        f'markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
         for k, c in EDGE_COLOURS.items()) + "</defs>")
     for c, layer in enumerate(layers):  # column captions
         x = MARGIN + c * gap + NODE_W / 2
@@ -257,58 +331,65 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
                  f"MLP {int(layer)}" if layer != int(layer) else f"layer {int(layer)}")
         parts.append(f'<text x="{x:.1f}" y="{MARGIN}" text-anchor="middle" font-size="12" fill="#8a92a3" '
                      f'letter-spacing="0.06em">{_e(label.upper())}</text>')
-    # edges: parallel edges between the same two nodes fan out
-    groups: dict[tuple[str, str], list] = {}
-    for e in graph.edges:
-        groups.setdefault((e.sender, e.receiver), []).append(e)
+    # edges: each leaves its sender and enters its receiver at its own port (ports ordered by the other
+    # end's height, lane edges on top), so edges into one node stay apart and each label has a line of its own
+    drawn = [(i, e) for i, e in enumerate(graph.edges) if e.sender in pos and e.receiver in pos]
+    lane_of = {i: k for k, i in enumerate(i for i, e in drawn if e in skipping)}
+    port: dict[tuple[int, str], float] = {}
+    for end, other in (("sender", "receiver"), ("receiver", "sender")):
+        by_node: dict[str, list[tuple[int, GraphEdge]]] = {}
+        for i, e in drawn:
+            by_node.setdefault(getattr(e, end), []).append((i, e))
+        for items in by_node.values():
+            items.sort(key=lambda ie: (ie[0] not in lane_of, pos[getattr(ie[1], other)][1], ie[0]))
+            step = min(22.0, (NODE_H - 12) / max(1, len(items) - 1))
+            for k, (i, _) in enumerate(items):
+                port[i, end] = (k - (len(items) - 1) / 2) * step
+    paths: list[tuple[GraphEdge, list[Segment]]] = []
+    for i, e in drawn:
+        sx, sy = pos[e.sender]
+        rx, ry = pos[e.receiver]
+        p0 = (sx + NODE_W, sy + NODE_H / 2 + port[i, "sender"])
+        p3 = (rx - 2, ry + NODE_H / 2 + port[i, "receiver"])
+        if i in lane_of:  # up into a lane, along it, down into the receiver
+            y_lane = MARGIN + 24 + LANE * lane_of[i] + 6.0
+            a, b = p0[0] + 36, p3[0] - 36
+            paths.append((e, [(p0, (a, p0[1]), (p0[0] + 8, y_lane), (a + 24, y_lane)),
+                              _line((a + 24, y_lane), (b - 24, y_lane)),
+                              ((b - 24, y_lane), (p3[0] - 8, y_lane), (b, p3[1]), p3)]))
+        else:
+            dx = max(40.0, (p3[0] - p0[0]) * 0.45)
+            paths.append((e, [(p0, (p0[0] + dx, p0[1]), (p3[0] - dx, p3[1]), p3)]))
+    samples = [[_at(segs, i / 96) for i in range(97)] for _, segs in paths]
+    strongest = max((e.score for e in graph.edges if e.score is not None and math.isfinite(e.score)), default=0.0)
     placed: list[tuple[float, float, float, float]] = [
         (x - 4, y - 4, x + NODE_W + 4, y + NODE_H + 4) for x, y in pos.values()]
     edge_parts, label_parts = [], []
-    lane = 0
-    for (sender, receiver), edges in groups.items():
-        if sender not in pos or receiver not in pos:
-            continue
-        sx, sy = pos[sender]
-        rx, ry = pos[receiver]
-        for k, e in enumerate(edges):
-            off = (k - (len(edges) - 1) / 2) * 14
-            p0 = (sx + NODE_W, sy + NODE_H / 2 + off)
-            p3 = (rx - 2, ry + NODE_H / 2 + off)
-            colour = EDGE_COLOURS.get(e.kind, "#555555")
-            text = _edge_text(e)
-            w, h = 7.0 * len(text) + 12, 18.0
-            if e in skipping:  # up into a lane, along it, down into the receiver
-                y_lane = MARGIN + 24 + LANE * lane + 6
-                lane += 1
-                a, b = p0[0] + 36, p3[0] - 36
-                d = (f"M{p0[0]:.1f},{p0[1]:.1f} C{a:.1f},{p0[1]:.1f} {p0[0] + 8:.1f},{y_lane:.1f} {a + 24:.1f},"
-                     f"{y_lane:.1f} L{b - 24:.1f},{y_lane:.1f} C{p3[0] - 8:.1f},{y_lane:.1f} {b:.1f},{p3[1]:.1f} "
-                     f"{p3[0]:.1f},{p3[1]:.1f}")
-                points: list[tuple[float, float]] = [(a + 24 + (b - a - 48) * t, float(y_lane))
-                                                     for t in (0.5, 0.35, 0.65, 0.2, 0.8)]
-            else:
-                dx = max(40.0, (p3[0] - p0[0]) * 0.45)
-                p1, p2 = (p0[0] + dx, p0[1]), (p3[0] - dx, p3[1])
-                d = (f"M{p0[0]:.1f},{p0[1]:.1f} C{p1[0]:.1f},{p1[1]:.1f} {p2[0]:.1f},{p2[1]:.1f} "
-                     f"{p3[0]:.1f},{p3[1]:.1f}")
-                points = [_bezier(p0, p1, p2, p3, t) for t in (0.7, 0.78, 0.62, 0.55, 0.85, 0.45, 0.35, 0.66, 0.74)]
-            for cx, cy in points:
-                box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-                if not any(_overlaps(box, b) for b in placed):
-                    break
-            placed.append(box)
-            edge_parts.append(
-                f'<path class="edge-line" d="{d}" fill="none" stroke="{colour}" stroke-width="2.2" '
-                f'stroke-opacity="0.85" marker-end="url(#{uid}-arrow-{_e(e.kind)})"/>')
-            label_parts.append(
-                f'<g class="edge" data-from="{_e(e.sender)}" data-to="{_e(e.receiver)}" data-kind="{_e(e.kind)}" '
-                f'data-score="{_data(e.score)}" data-baseline="{_data(e.baseline)}">'
-                f'<title>{_e(e.name)}' + (f": composition {e.score:.3f}, baseline {e.baseline:.3f}"
-                                          if e.score is not None and e.baseline else "") + "</title>"
-                f'<rect x="{box[0]:.1f}" y="{box[1]:.1f}" width="{w:.1f}" height="{h:.1f}" rx="9" fill="#ffffff" '
-                f'stroke="{colour}" stroke-width="1.2"/>'
-                f'<text x="{(box[0] + box[2]) / 2:.1f}" y="{box[1] + 13:.1f}" text-anchor="middle" font-size="11.5" '
-                f'font-weight="600" fill="{colour}">{_e(text)}</text></g>')
+    for i, (e, segs) in enumerate(paths):
+        colour = EDGE_COLOURS.get(e.kind, "#555555")
+        text = _edge_text(e)
+        w, h = 7.0 * len(text) + 12, 18.0
+        others = [pt for m, pts in enumerate(samples) if m != i for pt in pts]
+        # the first place (nearest the middle) where the label covers no node, label or other edge; failing
+        # that, the free place where other edges pass farthest from it
+        free = [t for t in LABEL_T if not any(_overlaps(_box(_at(segs, t), w, h), b) for b in placed)] or [0.5]
+        at = max(free, key=lambda t: (min(_gap(_box(_at(segs, t), w, h), others), 4.0), -LABEL_T.index(t)))
+        box = _box(_at(segs, at), w, h)
+        placed.append(box)
+        line_w = edge_width(e.score, strongest)
+        edge_parts.append(
+            f'<path class="edge-line" d="{_d(segs)}" data-from="{_e(e.sender)}" data-to="{_e(e.receiver)}" '
+            f'data-kind="{_e(e.kind)}" data-score="{_data(e.score)}" fill="none" stroke="{colour}" '
+            f'stroke-width="{line_w:.2f}" stroke-opacity="0.85" marker-end="url(#{uid}-arrow-{_e(e.kind)})"/>')
+        label_parts.append(
+            f'<g class="edge" data-from="{_e(e.sender)}" data-to="{_e(e.receiver)}" data-kind="{_e(e.kind)}" '
+            f'data-score="{_data(e.score)}" data-baseline="{_data(e.baseline)}">'
+            f'<title>{_e(e.name)}' + (f": composition {e.score:.3f}, baseline {e.baseline:.3f}"
+                                      if e.score is not None and e.baseline else "") + "</title>"
+            f'<rect x="{box[0]:.1f}" y="{box[1]:.1f}" width="{w:.1f}" height="{h:.1f}" rx="9" fill="#ffffff" '
+            f'stroke="{colour}" stroke-width="1.2"/>'
+            f'<text x="{(box[0] + box[2]) / 2:.1f}" y="{box[1] + 13:.1f}" text-anchor="middle" font-size="11.5" '
+            f'font-weight="600" fill="{colour}">{_e(text)}</text></g>')
     parts.extend(edge_parts)
     for n in graph.nodes:
         x, y = pos[n.name]
@@ -331,7 +412,10 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
     for kind in dict.fromkeys(e.kind for e in graph.edges):
         legend.append(f'<span><span class="ln" style="border-color:{EDGE_COLOURS.get(kind, "#555")}"></span>'
                       f"{_e(kind)}{' edge' if kind == 'direct' else '-composition edge'}</span>")
-    legend.append("<span>labels: composition score · ratio to the random baseline</span></div>")
+    if strongest > 0:
+        legend.append(f"<span>labels: composition score · ratio to the random baseline; line width: the score "
+                      f"(widest {strongest:.2f})</span>")
+    legend.append("</div>")
     return '<div class="graph-wrap">' + "".join(parts) + "</div>" + "".join(legend)
 
 
