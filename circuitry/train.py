@@ -22,6 +22,7 @@ With an output directory, `train` writes strict JSON (`circuitry.jsonable`):
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from circuitry.fileio import atomic_write_text
 from circuitry.jsonable import finite_or_none, strict_dumps
 from circuitry.model import HookedTransformer, ModelConfig, save_model
 from circuitry.model.io import require_memory
+from circuitry.trainstate import save_state
 
 
 def check_run_options(recipe) -> None:
@@ -95,10 +97,17 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}.safetensors"
 
 
+def _batch(recipe: TrainRecipe, cfg: ModelConfig, gen: torch.Generator):
+    return periodic_tokens(cfg.d_vocab, cfg.bos_token_id, batch=recipe.batch, n_ctx=recipe.n_ctx,
+                           min_period=recipe.min_period, max_period=recipe.max_period, generator=gen)
+
+
 def train(recipe: TrainRecipe, out: str | Path | None = None,
           on_step: Callable[[int, float], None] | None = None,
-          command: str | None = None) -> TrainResult:
-    """Train a model; with `out`, write the model, loss curve, recipe and checkpoints there."""
+          command: str | None = None, resume: Resume | None = None) -> TrainResult:
+    """Train a model; with `out`, write the model, loss curve, recipe and checkpoints there (each checkpoint
+    with its training state, `circuitry.trainstate`). `resume`: continue from a checkpoint of the same recipe
+    (`resume_point`); the result equals the uninterrupted run's."""
     torch.manual_seed(recipe.seed)
     cfg = recipe.model_config()
     require_memory(cfg, "training", copies=4)  # weights, gradients and AdamW's two moments
@@ -108,17 +117,24 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     out_dir = Path(out) if out is not None else None
     meta = {"recipe": strict_dumps(dataclasses.asdict(recipe), indent=None), "command": command or ""}
     checkpoints: list[Path] = []
+    losses: list[float] = []
 
     def checkpoint(step: int) -> None:
         if out_dir is not None and recipe.checkpoint_every:
+            path = out_dir / "checkpoints" / checkpoint_name(step)
+            save_state(path, step, opt, gen, losses)  # first: a checkpoint that exists has its state
             checkpoints.append(save_checkpoint(model, out_dir, step, meta))
 
-    losses: list[float] = []
+    first = 1
+    if resume is not None:
+        losses = _restore(resume, recipe, model, opt, gen)
+        first = resume.step + 1
+    else:
+        checkpoint(0)
+    model.train()
     start = time.perf_counter()
-    checkpoint(0)
-    for step in range(1, recipe.steps + 1):
-        batch = periodic_tokens(cfg.d_vocab, cfg.bos_token_id, batch=recipe.batch, n_ctx=recipe.n_ctx,
-                                min_period=recipe.min_period, max_period=recipe.max_period, generator=gen)
+    for step in range(first, recipe.steps + 1):
+        batch = _batch(recipe, cfg, gen)
         loss = model.loss(batch.tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,8 +147,81 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     seconds = time.perf_counter() - start
     model.eval()
     if out_dir is not None:
-        write_run(out_dir, model, losses, seconds, dataclasses.asdict(recipe), command, meta)
+        extra = {"resumed_from": str(resume.checkpoint), "resumed_at_step": resume.step} if resume else None
+        write_run(out_dir, model, losses, seconds, dataclasses.asdict(recipe), command, meta, extra)
     return TrainResult(model, losses, seconds, checkpoints)
+
+
+# ------------------------------------------------------------------ resuming
+@dataclass(frozen=True)
+class Resume:
+    """Where a run continues: a numbered checkpoint, its step and the recipe it records."""
+
+    checkpoint: Path
+    step: int
+    recipe: dict
+
+    def continued(self, steps: int | None = None, checkpoint_every: int | None = None) -> TrainRecipe:
+        """The recorded recipe, run to `steps` in all (default: its own), with `checkpoint_every` if given."""
+        fields = {f.name for f in dataclasses.fields(TrainRecipe)}
+        unknown = sorted(set(self.recipe) - fields)
+        if unknown:
+            raise UsageError(f"{self.checkpoint}: its recipe has fields this version does not know: "
+                             f"{', '.join(unknown)}")
+        values = {**self.recipe, "betas": tuple(self.recipe.get("betas", TrainRecipe.betas))}
+        if steps is not None:
+            values["steps"] = steps
+        if checkpoint_every is not None:
+            values["checkpoint_every"] = checkpoint_every
+        recipe = TrainRecipe(**values)
+        if recipe.steps <= self.step:
+            raise UsageError(f"--steps {recipe.steps}: {self.checkpoint} is already step {self.step}; give more "
+                             f"steps in all to continue")
+        return recipe
+
+
+def resume_point(target: str | Path) -> Resume:
+    """The checkpoint to continue from: `target` itself (a `step-N.safetensors` file), or the last one of a run
+    directory (or of its checkpoints/ subdirectory)."""
+    from circuitry.track import list_checkpoints
+    from circuitry.trainstate import recorded_recipe
+
+    rows = list_checkpoints([target])
+    if Path(target).is_file() and len(rows) == 1:
+        step, path = rows[0]
+    else:
+        step, path = rows[-1]
+    return Resume(path, step, recorded_recipe(path))
+
+
+def _restore(resume: Resume, recipe: TrainRecipe, model: HookedTransformer, opt: torch.optim.Optimizer,
+             gen: torch.Generator) -> list[float]:
+    """Load the checkpoint's weights, optimizer moments and generator state into the fresh run; the losses
+    so far. A checkpoint without a saved state (older versions) gets its data generator replayed to the step
+    (the data is exact), fresh optimizer moments, with a warning, and NaN for the losses it does not know
+    (null in loss.json)."""
+    from circuitry.diagnostics import warn
+    from circuitry.model.io import load_model_file
+    from circuitry.trainstate import load_state
+
+    saved = load_model_file(resume.checkpoint)
+    if saved.cfg != model.cfg:
+        raise UsageError(f"{resume.checkpoint}: its model config differs from the recipe's")
+    with torch.no_grad():
+        model.load_state_dict(saved.state_dict())
+    state = load_state(resume.checkpoint, resume.step)
+    if state is None:
+        warn(f"{resume.checkpoint} has no saved optimizer state (written by an older version): training continues "
+             f"with fresh AdamW moments, so it will not match an uninterrupted run exactly")
+        for _ in range(resume.step):
+            _batch(recipe, model.cfg, gen)
+        return [math.nan] * resume.step
+    n = len(list(model.parameters()))
+    if set(state.optimizer) - set(range(n)):
+        raise UsageError(f"{resume.checkpoint}: its optimizer state names parameters the model does not have")
+    opt.load_state_dict({"state": state.optimizer, "param_groups": opt.state_dict()["param_groups"]})
+    gen.set_state(state.generator)
+    return state.losses
 
 
 def save_checkpoint(model: HookedTransformer, out_dir: Path, step: int, meta: dict[str, str]) -> Path:

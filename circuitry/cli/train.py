@@ -4,6 +4,11 @@
 (`circuitry.train`). `--task ioi`: a model on the synthetic indirect-object
 language (`circuitry.ioi`), written with its word tokenizer and its held-out
 accuracy.
+
+Ctrl-C stops a run cleanly (exit 130) and says which checkpoints were kept;
+`--resume DIR_or_checkpoint` continues an induction run from its last
+checkpoint (weights, optimizer state, data generator and step), to the same
+weights as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=list(DEFAULTS), default="induction",
                    help="what to train on (default induction)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1500; ioi: 3000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory, created with its parents if missing (default runs/attn-only; "
                         "ioi: runs/ioi-toy)")
@@ -62,7 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"name is IO; any-order, every template in all three orders of its names (default "
                         f"{ioi['templates']})")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="also save numbered checkpoints every N steps under OUT/checkpoints")
+                   help="also save numbered checkpoints every N steps under OUT/checkpoints (each with its "
+                        "optimizer state, so the run can be resumed)")
+    p.add_argument("--resume", default=None, metavar="DIR_or_CHECKPOINT",
+                   help="continue an induction run from its last checkpoint (a run directory, its checkpoints/ "
+                        "directory, or one step-N.safetensors file): weights, optimizer state, data generator and "
+                        "step, with the recorded recipe; --steps sets the total steps, --out the output directory "
+                        "(default: the run's own)")
     p.set_defaults(run=run)
 
 
@@ -79,7 +90,7 @@ def resolve(args: argparse.Namespace) -> dict:
 def recorded_command(args: argparse.Namespace) -> str:
     """The command line that repeats this run, built from the parsed arguments (not sys.argv,
     which is the caller's own command when `circuitry.cli.main([...])` is called from Python)."""
-    values = {**resolve(args), "seed": args.seed}
+    values = {**resolve(args), "seed": seed_of(args)}
     parts = ["circuitry", "train"] + (["--task", args.task] if args.task != "induction" else [])
     for name in ALWAYS:
         parts += ["--" + name, str(values[name])]
@@ -89,15 +100,46 @@ def recorded_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _run_induction(o: dict, seed: int, on_step, command: str):
+def seed_of(args: argparse.Namespace) -> int:
+    return args.seed if args.seed is not None else 0
+
+
+RESUME_KEEPS = ("layers", "heads", "d_model", "weight_decay", "seed")
+
+
+def resume_args(args: argparse.Namespace):
+    """For --resume: the checkpoint to continue from and the arguments of the equivalent uninterrupted run
+    (the recorded recipe, with --steps, --out and --checkpoint-every as given)."""
+    from pathlib import Path
+
+    from circuitry.train import resume_point
+
+    if args.task != "induction":
+        raise UsageError(f"--resume continues --task induction runs, not --task {args.task}")
+    given = [k for k in RESUME_KEEPS if getattr(args, k) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')}: a resumed run keeps the recipe its checkpoint records; "
+                         f"only --steps, --out and --checkpoint-every can be given with --resume")
+    point = resume_point(args.resume)
+    recipe = point.continued(args.steps, args.checkpoint_every)
+    ckpt_dir = point.checkpoint.parent
+    run_dir = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else ckpt_dir
+    same = argparse.Namespace(**{**vars(args), "steps": recipe.steps, "seed": recipe.seed, "layers": recipe.n_layers,
+                                 "heads": recipe.n_heads, "d_model": recipe.d_model,
+                                 "weight_decay": recipe.weight_decay, "checkpoint_every": recipe.checkpoint_every,
+                                 "out": args.out if args.out is not None else str(Path(run_dir))})
+    return point, same
+
+
+def _run_induction(o: dict, seed: int, on_step, command: str, resume=None):
     from circuitry.train import TrainRecipe, train
 
     recipe = TrainRecipe(steps=o["steps"], seed=seed, n_layers=o["layers"], n_heads=o["heads"],
                          d_model=o["d_model"], weight_decay=o["weight_decay"], checkpoint_every=o["checkpoint_every"])
-    return recipe.steps, lambda: train(recipe, out=o["out"], on_step=on_step, command=command)
+    return recipe.steps, lambda: train(recipe, out=o["out"], on_step=on_step, command=command, resume=resume)
 
 
-def _run_ioi(o: dict, seed: int, on_step, command: str):
+def _run_ioi(o: dict, seed: int, on_step, command: str, resume=None):
     from circuitry.ioi.recipe import IOIRecipe
     from circuitry.ioi.run import train_ioi_run
 
@@ -113,21 +155,34 @@ def run(args: argparse.Namespace, out) -> int:
 
     from circuitry.train import plot_losses
 
+    point = None
+    if args.resume is not None:
+        point, args = resume_args(args)
     options = resolve(args)
     check_output(options["out"], "--out", directory=True)
     command = recorded_command(args)
     progress = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=out.err, transient=False)
-    bar = progress.add_task("train", total=options["steps"], loss=float("nan"))
+    done = point.step if point is not None else 0
+    bar = progress.add_task("train", total=options["steps"], completed=done, loss=float("nan"))
+    last = [done]
 
     def on_step(step: int, loss: float) -> None:
+        last[0] = step
         progress.update(bar, completed=step, loss=loss)
 
     make = _run_ioi if args.task == "ioi" else _run_induction
-    steps, start = make(options, args.seed, on_step, command)  # the recipe is checked before the bar shows
-    with progress:
-        result = start()
+    # the recipe is checked before the bar shows
+    steps, start = make(options, seed_of(args), on_step, command, point)
+    if point is not None:
+        out.info(f"resuming from {point.checkpoint} (step {point.step})")
+    try:
+        with progress:
+            result = start()
+    except KeyboardInterrupt:
+        interrupted(options["out"], last[0], steps, args.task == "induction", out)
+        return 130
     png = plot_losses(result.losses, f"{options['out']}/loss.png")
     out.print(f"trained {steps} steps in {result.seconds:.1f} s; final loss {result.losses[-1]:.3f}")
     if args.task == "ioi":
@@ -141,3 +196,22 @@ def run(args: argparse.Namespace, out) -> int:
     if result.checkpoints:
         out.print(f"checkpoints: {len(result.checkpoints)} in {options['out']}/checkpoints")
     return 0
+
+
+def interrupted(run_dir: str, step: int, steps: int, resumable: bool, out) -> None:
+    """Say, after Ctrl-C, where training stopped and which checkpoints are on disk."""
+    from pathlib import Path
+
+    from circuitry.track import CHECKPOINT_GLOB, checkpoint_step
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    kept = sorted((checkpoint_step(p, {}), p) for p in ckpt_dir.glob(CHECKPOINT_GLOB)) if ckpt_dir.is_dir() else []
+    out.info(f"interrupted after step {step} of {steps}")
+    if not kept:
+        out.info("no checkpoints were kept (--checkpoint-every N saves them); the model was not written")
+        return
+    last_step, last = kept[-1]
+    out.info(f"kept {len(kept)} checkpoint{'s' * (len(kept) != 1)} in {ckpt_dir} (steps {kept[0][0]}..{last_step}); "
+             f"last: {last} (step {last_step})")
+    if resumable:
+        out.info(f"continue with: circuitry train --resume {shlex.quote(run_dir)}")
