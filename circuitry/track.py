@@ -179,8 +179,9 @@ def _shape(cfg: ModelConfig) -> dict:
     return {k: getattr(cfg, k) for k in SHAPE_FIELDS}
 
 
-def plan(paths: Iterable[str | Path]) -> list[tuple[int, Path]]:
-    """(step, file) of every checkpoint, sorted by step; checks shapes and steps before loading weights."""
+def list_checkpoints(paths: Iterable[str | Path]) -> list[tuple[int, Path]]:
+    """(step, file) of every checkpoint of one training run, sorted by step; checks that they have one shape
+    and distinct steps before any weights load (`track` and `verify --checkpoints` both list them so)."""
     files = find_checkpoints(paths)
     rows = []
     first: tuple[Path, dict] | None = None
@@ -194,13 +195,20 @@ def plan(paths: Iterable[str | Path]) -> list[tuple[int, Path]]:
             raise UsageError(f"checkpoints of different shapes: {first[0]} and {f} differ in {diff}; "
                              f"track one training run at a time")
         rows.append((checkpoint_step(f, meta), f))
-    if first is not None and first[1]["n_ctx"] <= ICL_LATE[1]:
-        raise UsageError(f"the in-context learning score reads tokens up to {ICL_LATE[1]}; the checkpoints' "
-                         f"context is {first[1]['n_ctx']} tokens")
     rows.sort(key=lambda r: (r[0], str(r[1])))
     for (s1, f1), (s2, f2) in zip(rows, rows[1:]):
         if s1 == s2:
             raise UsageError(f"{f1} and {f2} are both step {s1}; give checkpoints of one run")
+    return rows
+
+
+def plan(paths: Iterable[str | Path]) -> list[tuple[int, Path]]:
+    """`list_checkpoints`, and a context long enough for the in-context learning score."""
+    rows = list_checkpoints(paths)
+    n_ctx = _config(rows[0][1], _metadata(rows[0][1])).n_ctx if rows else None
+    if n_ctx is not None and n_ctx <= ICL_LATE[1]:
+        raise UsageError(f"the in-context learning score reads tokens up to {ICL_LATE[1]}; the checkpoints' "
+                         f"context is {n_ctx} tokens")
     return rows
 
 
