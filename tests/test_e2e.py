@@ -214,10 +214,22 @@ def test_memory_refusal_names_the_numbers(monkeypatch, shipped):
         end_to_end(shipped, "L0H1")
     assert f"would need {format_bytes(need)}, over the memory budget of 2.0 KiB" in str(exc.value)
     monkeypatch.setenv("CIRCUITRY_MEMORY_BUDGET", "500")
-    with pytest.raises(UsageError, match=r"one row of the OV circuit \(65 entries, float32\) would need 780 B"):
+    with pytest.raises(UsageError, match=r"one row of the OV circuit \(65 entries, float32\) would need 520 B"):
         chunk_rows(65, "the OV circuit")
 
 
 def test_not_a_model_is_refused():
     with pytest.raises(UsageError, match="token embedding W_E and an unembedding W_U"):
         end_to_end(object(), "L0H0")
+
+
+def test_labels_come_from_the_tokenizer():
+    from circuitry.e2e.document import document
+    from circuitry.sources import load_model
+
+    model = load_model("builtin:ioi-toy")
+    doc = document(end_to_end(model, "L0H0"), 3)
+    for pair in doc["ov"]["top_pairs"]:
+        for role in ("source", "output"):
+            assert pair[f"{role}_label"] == model.tokenizer.decode([pair[role]]).replace(" ", "·")
+    assert any("LN weights folded in" in n for n in doc["notes"])

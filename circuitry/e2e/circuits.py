@@ -112,14 +112,15 @@ class EndToEnd:
         self._ov: RowTop | None = None
         self._qk: RowTop | None = None
         self._positional: Positional | None = None
+        self._diagonal: Diagonal | None = None
         self._copying: tuple[float | None, str] | None = None
 
     # ------------------------------------------------------------- row rankings
     def ov_rows(self, k: int) -> RowTop:
-        """Each source token's top k output tokens [d_vocab, k], with each column's top source."""
+        """Each source token's top k output tokens [d_vocab, k]."""
         if self._ov is None or self._ov.values.shape[1] < min(k, self.model.cfg.d_vocab):
             with torch.inference_mode():
-                self._ov = row_topk(self.V, self.O, k, self._what("OV"), columns=True)
+                self._ov = row_topk(self.V, self.O, k, self._what("OV"))
         return self._ov
 
     def qk_rows(self, k: int) -> RowTop:
@@ -205,10 +206,14 @@ class EndToEnd:
 
     @property
     def diagonal(self) -> Diagonal:
-        rt = self.ov_rows(1)
-        ids = torch.arange(rt.values.shape[0], device=rt.indices.device)
-        assert rt.col_row is not None
-        return Diagonal(float((rt.indices[:, 0] == ids).float().mean()), float((rt.col_row == ids).float().mean()))
+        if self._diagonal is None:
+            ids = torch.arange(self.model.cfg.d_vocab, device=self.V.device)
+            with torch.inference_mode():
+                cols = row_topk(self.O.T, self.V.T, 1, self._what("transposed OV"))  # each output's top source
+            rows = self.ov_rows(1)
+            self._diagonal = Diagonal(float((rows.indices[:, 0] == ids).float().mean()),
+                                      float((cols.indices[:, 0] == ids).float().mean()))
+        return self._diagonal
 
     @property
     def positional(self) -> Positional | None:
