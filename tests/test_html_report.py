@@ -483,3 +483,159 @@ def test_verify_and_scan_write_html(tmp_path, capsys):
     assert main(["scan", "builtin:attn-only-2l", "--html", str(scan_page)]) == 0
     assert 'data-grid="scores-induction"' in scan_page.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "scan.html"]
+
+
+# ------------------------------------------------------------------ readable at length
+LABELS_QUERY = r"""(() => {
+  const out = [];
+  for (const t of document.querySelectorAll("table.hm")) {
+    const cells = [...t.querySelectorAll("td")];
+    const first = cells[0].getBoundingClientRect(), last = cells[cells.length - 1].getBoundingClientRect();
+    const labels = [...t.querySelectorAll("th[data-k], th[data-q]")].map(th => {
+      const r = document.createRange(); r.selectNodeContents(th); const b = r.getBoundingClientRect();
+      const style = getComputedStyle(th);
+      return {axis: th.dataset.k !== undefined ? "k" : "q", i: Number(th.dataset.k ?? th.dataset.q),
+              text: th.textContent, title: th.title, visible: style.visibility !== "hidden" && style.display !== "none",
+              font: parseFloat(style.fontSize), box: [b.left, b.top, b.right, b.bottom]};
+    });
+    const titled = /^query (\d+) \((.*)\) → key (\d+) \((.*)\): (\S+)$/;
+    const bad = cells.filter(td => { const m = titled.exec(td.title);
+      return !m || m[1] !== td.dataset.q || m[3] !== td.dataset.k; }).length;
+    out.push({head: t.dataset.head, stride: Number(t.dataset.labelStride), labels, bad_titles: bad,
+              grid: [first.left, first.top, last.right, last.bottom], cell: first.width,
+              titles: cells.filter((td, n) => n % 97 === 0).map(td => [Number(td.dataset.q), Number(td.dataset.k), td.title]),
+              rows: [...t.querySelectorAll("tbody tr")].map(tr => [...tr.querySelectorAll("td")].map(td => Number(td.dataset.value)))});
+  }
+  return out;
+})()"""
+
+
+def overlap(a, b) -> bool:
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+@needs_chromium
+def test_128_token_heatmap_has_readable_labels_and_hover_values(browser, tmp_path):
+    """A 128-token pattern drawn as a page: the labels shown keep >= 10 px and never overlap, enough of them
+    to find one's way (>= 16 an axis), no more than fit; every cell's hover title names its query and key
+    tokens and the weight, and the cells hold the pattern of an independent run."""
+    from conftest import random_model
+
+    from circuitry.figures import figures_for_heads
+    from circuitry.report.html import write_html
+
+    model = random_model(0, n_ctx=128)
+    n = 128
+    ids = [49] + torch.randint(0, 49, (n - 1,), generator=torch.Generator().manual_seed(5)).tolist()
+    page = write_html(figures_for_heads(model, ids, ["L0H1", "L1H2"]), tmp_path / "long.html")
+    text = page.read_text()
+    assert remote_references(text) == []
+    requests = browser.load(page.as_uri(), settle=1.0)
+    assert requests == [page.as_uri()]
+    tables = browser.evaluate(LABELS_QUERY)
+    shot = browser.screenshot(ARTIFACTS / "heatmap-128.png")
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([ids]))
+    tokens = ["BOS" if t == 49 else str(t) for t in ids]
+    assert [t["head"] for t in tables] == ["L0H1", "L1H2"]
+    for t, (layer, head) in zip(tables, ((0, 1), (1, 2))):
+        ref = cache["pattern", layer][0, head].double()  # [q, k]
+        assert torch.allclose(torch.tensor(t["rows"], dtype=torch.float64), ref, atol=1e-6)
+        assert t["bad_titles"] == 0 and t["cell"] >= 5
+        for q, k, title in t["titles"]:  # hover: tokens and the weight, read against the independent run
+            head_part, value = title.rsplit(": ", 1)
+            assert head_part == f"query {q} ({tokens[q]}) → key {k} ({tokens[k]})"
+            assert float(value) == pytest.approx(float(ref[q, k]), rel=1e-3, abs=1e-6)
+        left, top, right, bottom = t["grid"]
+        for axis, length in (("k", right - left), ("q", bottom - top)):
+            labels = [lb for lb in t["labels"] if lb["axis"] == axis]
+            assert [lb["text"] for lb in labels] == tokens  # every label is in the DOM, hidden or not
+            assert all(lb["title"] == f"{lb['i']}: {tokens[lb['i']]}" for lb in labels)
+            shown = [lb for lb in labels if lb["visible"]]
+            assert [lb["i"] for lb in shown] == list(range(0, n, t["stride"]))
+            assert all(lb["font"] >= 10 for lb in shown), {lb["font"] for lb in shown}
+            # the glyph box across the label's line: at least 10 px (height of a row label, width of a turned one)
+            across = [(b[3] - b[1]) if axis == "q" else (b[2] - b[0]) for b in (lb["box"] for lb in shown)]
+            assert min(across) >= 10
+            assert 16 <= len(shown) <= length / min(across)
+            for a, b in zip(shown, shown[1:]):  # neighbours along the axis do not touch
+                assert not overlap(a["box"], b["box"]), (a, b)
+            # each label sits beside its own row or column
+            for lb in shown:
+                centre = ((lb["box"][0] + lb["box"][2]) / 2) if axis == "k" else ((lb["box"][1] + lb["box"][3]) / 2)
+                start = left if axis == "k" else top
+                assert abs(centre - (start + (lb["i"] + 0.5) * length / n)) < 0.6 * length / n + 1, lb
+        shown_all = [lb for lb in t["labels"] if lb["visible"]]
+        assert not any(overlap(a["box"], b["box"]) for i, a in enumerate(shown_all) for b in shown_all[i + 1:])
+
+
+GRAPH_QUERY = r"""(() => [...document.querySelectorAll("svg.graph")].map(svg => {
+  const lines = [...svg.querySelectorAll("path.edge-line")];
+  const sample = p => { const L = p.getTotalLength();
+    return {L, pts: [...Array(401).keys()].map(i => { const q = p.getPointAtLength(L * i / 400); return [q.x, q.y, i / 400]; })}; };
+  const paths = lines.map(p => ({from: p.dataset.from, to: p.dataset.to, kind: p.dataset.kind,
+    width: Number(p.getAttribute("stroke-width")), ...sample(p)}));
+  const labels = [...svg.querySelectorAll("g.edge")].map(g => { const r = g.querySelector("rect");
+    const x = Number(r.getAttribute("x")), y = Number(r.getAttribute("y"));
+    return {from: g.dataset.from, to: g.dataset.to, kind: g.dataset.kind, score: g.dataset.score === "nan" ? null : Number(g.dataset.score),
+            box: [x, y, x + Number(r.getAttribute("width")), y + Number(r.getAttribute("height"))]}; });
+  const nodes = [...svg.querySelectorAll("g.node rect")].map(r => { const x = Number(r.getAttribute("x")), y = Number(r.getAttribute("y"));
+    return [x, y, x + Number(r.getAttribute("width")), y + Number(r.getAttribute("height"))]; });
+  return {paths, labels, nodes};
+}))()"""
+
+
+def check_graph_labels(graph: dict) -> list[dict]:
+    """Each label sits on its own edge, near its middle, covers no other edge, label or node; widths follow
+    the scores. Returns the edges with their widths and scores."""
+    paths, labels = graph["paths"], graph["labels"]
+    assert len(paths) == len(labels) > 0
+    out = []
+    for lb, path in zip(labels, paths):
+        assert (lb["from"], lb["to"], lb["kind"]) == (path["from"], path["to"], path["kind"])
+        x0, y0, x1, y1 = lb["box"]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        d, at = min((math.hypot(px - cx, py - cy), t) for px, py, t in path["pts"])
+        assert d < 1.5, (lb, d)  # the label's centre is on its edge ...
+        assert 0.15 <= at <= 0.85, (lb, at)  # ... away from both ends, around the middle
+        for other in paths:
+            if other is not path:
+                inside = [(px, py) for px, py, _ in other["pts"] if x0 - 2 <= px <= x1 + 2 and y0 - 2 <= py <= y1 + 2]
+                assert inside == [], (lb, other["from"], other["to"], other["kind"])
+        out.append({"score": lb["score"], "width": path["width"]})
+    boxes = [lb["box"] for lb in labels]
+    assert not any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(overlap(a, n) for a in boxes for n in graph["nodes"])
+    scored = sorted((e for e in out if e["score"] is not None), key=lambda e: e["score"])
+    for a, b in zip(scored, scored[1:]):  # wider for a higher score, equal for equal scores
+        assert (b["width"] > a["width"]) if b["score"] > a["score"] + 1e-9 else b["width"] == pytest.approx(a["width"])
+    return out
+
+
+@needs_chromium
+def test_graph_labels_sit_on_their_edges_and_widths_follow_scores(browser, verified, tmp_path):
+    from circuitry.figures import CircuitGraph, Figures, GraphEdge, GraphNode
+    from circuitry.report.html import render_html
+
+    browser.load(verified["path"].as_uri())
+    (graph,) = browser.evaluate(GRAPH_QUERY)
+    edges = check_graph_labels(graph)
+    assert len(edges) == len(verified["spec"].edges) == 6
+    assert len({e["width"] for e in edges}) >= 4  # the shipped model's K-composition scores differ (0.20..0.24)
+
+    # a busier hand-made circuit: an edge skipping a layer (lane), parallel Q and K edges, an unscored edge
+    nodes = (GraphNode("embed", "input", -1), GraphNode("L0H0", "prev", 0), GraphNode("L0H1", "prev", 0),
+             GraphNode("L1H0", "mid", 1), GraphNode("L2H1", "mover", 2), GraphNode("logits", "output", 3))
+    edges_in = (GraphEdge("L0H0", "L1H0", "K", 0.30, 0.1), GraphEdge("L0H1", "L1H0", "K", 0.12, 0.1),
+                GraphEdge("L0H0", "L2H1", "V", 0.05, 0.1), GraphEdge("L1H0", "L2H1", "Q", 0.21, 0.1),
+                GraphEdge("L1H0", "L2H1", "K", 0.25, 0.1), GraphEdge("L0H1", "L2H1", "K", 0.18, 0.1),
+                GraphEdge("L2H1", "logits", "direct"))
+    page = tmp_path / "graph.html"
+    page.write_text(render_html(Figures("busy", "m", "d", graph=CircuitGraph(nodes, edges_in))))
+    browser.load(page.as_uri())
+    (graph,) = browser.evaluate(GRAPH_QUERY)
+    drawn = check_graph_labels(graph)
+    assert [e["score"] for e in drawn] == [e.score for e in edges_in]

@@ -233,7 +233,7 @@ def _figure(grid: Grid, table: str) -> str:
 # ------------------------------------------------------------------ circuit graph
 NODE_W, NODE_H, ROW_GAP, MARGIN = 150, 62, 100, 36
 MAX_WIDTH = 1250  # the graph fits the page's content width when it can
-LANE = 20  # vertical spacing of the lanes above the nodes that edges skipping a column take
+LANE = 24  # vertical spacing of the lanes above the nodes that edges skipping a column take
 
 
 Point = tuple[float, float]
@@ -295,6 +295,11 @@ def _edge_text(e) -> str:
     return f"{e.kind} {e.score:.2f}" + (f" · {e.ratio:.1f}×" if e.ratio is not None else "")
 
 
+def _label_w(text: str) -> float:
+    """The width of an edge label's box (11.5 px bold text)."""
+    return 7.0 * len(text) + 12
+
+
 def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
     """The circuit as SVG: one column per layer (left to right), edges as curves into the receiver;
     an edge that skips columns runs in a lane above the nodes instead of through them."""
@@ -303,7 +308,10 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
     columns = {layer: [n for n in graph.nodes if n.layer == layer] for layer in layers}
     layer_of = {n.name: n.layer for n in graph.nodes}
     tallest = max((len(c) for c in columns.values()), default=1)
-    gap = 420.0 if len(layers) < 2 else min(420.0, max(230.0, (MAX_WIDTH - 2 * MARGIN - NODE_W) / (len(layers) - 1)))
+    # columns far enough apart for a label between them (the picture scrolls when that is wider than the page)
+    label_w = max((_label_w(_edge_text(e)) for e in graph.edges), default=0.0)
+    gap = 420.0 if len(layers) < 2 else min(420.0, max(NODE_W + label_w + 90, 230.0,
+                                                       (MAX_WIDTH - 2 * MARGIN - NODE_W) / (len(layers) - 1)))
     skipping = [e for e in graph.edges if e.sender in layer_of and e.receiver in layer_of
                 and column_of[layer_of[e.receiver]] - column_of[layer_of[e.sender]] > 1]
     lanes_h = LANE * len(skipping) + (12 if skipping else 0)
@@ -368,7 +376,7 @@ def graph_svg(graph: CircuitGraph, uid: str = "g") -> str:
     for i, (e, segs) in enumerate(paths):
         colour = EDGE_COLOURS.get(e.kind, "#555555")
         text = _edge_text(e)
-        w, h = 7.0 * len(text) + 12, 18.0
+        w, h = _label_w(text), 18.0
         others = [pt for m, pts in enumerate(samples) if m != i for pt in pts]
         # the first place (nearest the middle) where the label covers no node, label or other edge; failing
         # that, the free place where other edges pass farthest from it
