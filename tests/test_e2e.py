@@ -233,3 +233,17 @@ def test_labels_come_from_the_tokenizer():
         for role in ("source", "output"):
             assert pair[f"{role}_label"] == model.tokenizer.decode([pair[role]]).replace(" ", "·")
     assert any("LN weights folded in" in n for n in doc["notes"])
+
+
+def test_docs_page_runs_and_its_numbers_hold(monkeypatch, shipped):
+    from doc_pages import REPO, run_python_blocks
+
+    monkeypatch.chdir(REPO)
+    ns = run_python_blocks(REPO / "docs" / "e2e.md", "e2e_docs")
+    assert ns["e2e"].top_ov(1)[0].source == ns["e2e"].top_ov(1)[0].output == 12  # "12 -> 12" on the page
+    text = (REPO / "docs" / "e2e.md").read_text()
+    pos = end_to_end(shipped, "L0H0").positional
+    counts = dict(pos.offset_counts())
+    assert f"mean weight of {pos.mean_previous_weight:.2f}" in text and f"{counts[-1]} of its 64 positions" in text
+    later = [end_to_end(shipped, f"L1H{h}").positional.mean_previous_weight for h in range(4)]
+    assert all(abs(w - 0.05) < 0.01 for w in later)
