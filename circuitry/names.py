@@ -15,7 +15,10 @@ Edges `A -> B (kind)`: B reads what A wrote, through one of its inputs:
 
 Every room that names a component or an edge (specs, interventions, verify,
 figures, scan, track, the graph and the decomposition) parses and validates
-through this module, so every name gets the same error everywhere.
+through this module, so every name gets the same error everywhere. Head and
+MLP names are read in either case (`l1h3` is `L1H3`, `m0` is `M0`, `l1.resid_pre`
+is `L1.resid_pre`); what is written back is always the canonical form
+(`Component.name`, `Edge`, `Site.name`).
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ HEAD_INPUTS = ("Q", "K", "V")
 # the colour of each edge kind, in every picture (HTML, PNG, terminal, DOT)
 EDGE_COLOURS = {"Q": "#6a3d9a", "K": "#e66101", "V": "#1b9e77", "mlp_in": "#a6761d", "direct": "#555555"}
 
-HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
-MLP_RE = re.compile(r"^M(\d+)$")
-NODE_PATTERN = r"L\d+H\d+|M\d+|embed|pos_embed|logits"  # for schemas (no groups)
+# head and MLP names in either case; character classes rather than flags, so NODE_PATTERN is also a JSON Schema
+HEAD_RE = re.compile(r"^[Ll](\d+)[Hh](\d+)$")
+MLP_RE = re.compile(r"^[Mm](\d+)$")
+NODE_PATTERN = r"[Ll]\d+[Hh]\d+|[Mm]\d+|embed|pos_embed|logits"  # for schemas (no groups)
 KIND_PATTERN = "|".join(EDGE_KINDS)
 EDGE_PATTERN = rf"\s*(?:{NODE_PATTERN})\s*->\s*(?:{NODE_PATTERN})\s*\(\s*(?:{KIND_PATTERN})\s*\)\s*"
 _EDGE_RE = re.compile(r"^\s*(\S+?)\s*->\s*(\S+?)\s*\(\s*(\S+?)\s*\)\s*$")
@@ -106,6 +110,15 @@ def parse_component(name: Any) -> Component:
         return Component(text)
     raise UsageError(f"{name!r} is not a component name: expected {NODE_DOC} (e.g. L0H1, M0)"
                      f"{did_you_mean(text, (EMBED, POS_EMBED, LOGITS))}")
+
+
+def canonical_name(name: Any) -> Any:
+    """The canonical spelling of a component name (`l1h3` -> `L1H3`, `m0` -> `M0`), or `name` unchanged when
+    it names no component (its error comes where it is checked)."""
+    try:
+        return parse_component(name).name
+    except UsageError:
+        return name
 
 
 def model_ranges(cfg: Any) -> str:
@@ -314,7 +327,7 @@ def parse_site(text: Any) -> Site:
     if not isinstance(text, str):
         raise UsageError(f"an activation site is named like 'L1.resid_pre' or 'L1H3.q', got {text!r}")
     base, dot, kind = text.strip().partition(".")
-    if m := re.fullmatch(r"L(\d{1,9})", base):
+    if m := re.fullmatch(r"[Ll](\d{1,9})", base):
         if dot and kind in LAYER_SITES:
             return Site(kind, int(m.group(1)))
         hint = did_you_mean(kind, LAYER_SITES) if dot else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from circuitry.errors import ModelLoadError, UsageError, unknown_name
+from circuitry.errors import ModelLoadError, UsageError, did_you_mean, unknown_name
 from circuitry.heap import bound_heap
 from circuitry.model import HookedTransformer
 from circuitry.model.io import probe
@@ -90,6 +90,22 @@ def _accepts_dtype(load: Callable[..., Any]) -> bool:
     return "dtype" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _bare_name_hint(ref: str, sources: Any) -> str:
+    """' (did you mean 'builtin:attn-only-2l'?); a model reference is ...' for a reference with no scheme that
+    names no file: the models the sources list (`ModelSource.names`) and the valid schemes."""
+    named: dict[str, str] = {}  # name -> SCHEME:name
+    for source in sources.values():
+        try:
+            names = list(source.names())
+        except Exception:  # noqa: BLE001 - a listing that fails only loses its suggestions
+            names = []
+        for name in names:
+            named.setdefault(str(name), f"{source.scheme}:{name}")
+    hint = f" (did you mean {named[ref]!r}?)" if ref in named else did_you_mean(ref, named.values())
+    return (f"{hint}; a model reference is a path or SCHEME:NAME, SCHEME one of {', '.join(sorted(sources))} "
+            f"(`circuitry models` lists the shipped models)")
+
+
 def load_model(ref: str, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, device_map: str | dict | None = None) -> HookedTransformer:
     """Load a model through the source plugin named by the reference's scheme (after checking
@@ -113,12 +129,17 @@ def load_model(ref: str, device: str | torch.device | None = None,
             raise ModelLoadError(unknown_name("model source", scheme, sources)
                                  + " (is the plugin that provides it installed?)")
     load = sources[scheme].load
-    if _accepts_dtype(load):
-        model = load(rest, device, dtype=torch_dtype)
-    else:
-        model = load(rest, device)
-        if torch_dtype is not None:
-            model.to(torch_dtype)
+    try:
+        if _accepts_dtype(load):
+            model = load(rest, device, dtype=torch_dtype)
+        else:
+            model = load(rest, device)
+            if torch_dtype is not None:
+                model.to(torch_dtype)
+    except ModelLoadError as exc:
+        if scheme == "file" and rest == ref and not _is_path(ref):  # a bare name, not a path: say what refs are
+            raise ModelLoadError(f"{exc}{_bare_name_hint(ref, sources)}") from None
+        raise
     if model.source is None or scheme != "file":
         model.source = ref
     if device_map is not None:

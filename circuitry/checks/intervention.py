@@ -132,7 +132,12 @@ def _label(value: Any) -> str:
         from circuitry.names import parse_edge
 
         return str(parse_edge(value))
-    return str(value)
+    from circuitry.names import canonical_name, parse_site
+
+    try:
+        return parse_site(value).name  # L1H3 for l1h3, L1.resid_pre for l1.resid_pre
+    except UsageError:
+        return str(canonical_name(value))
 
 
 def measure(run, check: Check, plan: CheckPlan) -> CheckResult:

@@ -2,7 +2,13 @@
 
 Each subcommand lives in a module of this package with `register(subparsers)`
 and `run(args, out) -> int`; this is the only room that prints. Exit codes:
-0 success, 1 a check failed, 2 usage or input error, 3 internal or plugin error.
+0 success, 1 a check failed, 2 usage or input error, 3 internal or plugin error,
+130 interrupted (Ctrl-C).
+
+Parsing imports nothing heavy: `--version` is answered before any parser is
+built, only the command being run has its module's `register` called (the
+others are listed with their module's one-line `HELP`), and torch and the
+analysis modules are imported inside each command's `run`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from circuitry import __version__
@@ -19,6 +25,7 @@ from circuitry import __version__
 # subcommand name -> module in circuitry.cli
 COMMANDS = {
     "info": "circuitry.cli.info",
+    "models": "circuitry.cli.models",
     "train": "circuitry.cli.train",
     "plugins": "circuitry.cli.plugins",
     "scan": "circuitry.cli.scan",
@@ -30,33 +37,69 @@ COMMANDS = {
     "patch": "circuitry.cli.patch",
     "attribute": "circuitry.cli.attribute",
 }
+VERSION = f"circuitry {__version__}"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with exit code 2 and a one-line error (argparse's own default is 2 as well)."""
+    """argparse with exit code 2, a one-line error, and 'did you mean' for a misspelled choice."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write(f"circuitry: error: {message}\n")
         raise SystemExit(2)
 
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        from circuitry.errors import did_you_mean
 
-def build_parser() -> argparse.ArgumentParser:
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(str(value), choices)}; "
+                                                 f"valid: {', '.join(choices)}")
+
+
+def build_parser(full: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The `circuitry` parser. full: the commands whose options are registered (default: all); any other
+    command whose module has a one-line `HELP` is only listed, so that its module's dependencies are not
+    imported."""
+    wanted = set(COMMANDS) if full is None else set(full)
     parser = _Parser(prog="circuitry",
                      description="Find and verify circuits in transformer language models.")
-    parser.add_argument("--version", action="version", version=f"circuitry {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION)
     parser.add_argument("-p", dest="plugin_opts", action="append", default=[], metavar="no:NAME",
                         help="disable a plugin by name (repeatable); also CIRCUITRY_DISABLE_PLUGINS=A,B")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in COMMANDS.values():
-        importlib.import_module(module).register(sub)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        if name in wanted or not hasattr(module, "HELP"):
+            module.register(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand an argument list names (the first argument that is not an option of `circuitry`
+    itself), or None."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            return next(args, None)
+        if arg == "-p":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     from circuitry.errors import CircuitryError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_of(argv)
+    if "--version" in argv[: argv.index(command) if command in argv else len(argv)]:
+        print(VERSION)  # before any parser is built (no command module is imported); exits as argparse's would
+        raise SystemExit(0)
+    parser = build_parser([command] if command in COMMANDS else [])
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -147,4 +190,10 @@ def _warn_plugin_problems(out) -> None:
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The console script: `main`, with Ctrl-C at any point (parsing, imports, work) one line and exit 130."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        code = 130
+    sys.exit(code)

@@ -7,11 +7,13 @@ import argparse
 from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
+HELP = "attribution patching: score every node and edge for a task"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from circuitry.attribution import DEFAULT_STEPS, LEVELS, METHODS
 
-    p = sub.add_parser("attribute", help="attribution patching: score every node and edge for a task",
+    p = sub.add_parser("attribute", help=HELP,
                        description="Score every edge of the residual graph (sender -> a head's Q, K or V input, an "
                                    "MLP's input, or the logits) and every node for the task's metric: eap (one "
                                    "clean, one corrupted and one backward pass), eap-ig (integrated gradients "

@@ -10,6 +10,8 @@ import math
 from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
+HELP = "find a task's circuit and write it as a spec"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from circuitry.discovery import (
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_TASK,
     )
 
-    p = sub.add_parser("discover", help="find a task's circuit and write it as a spec",
+    p = sub.add_parser("discover", help=HELP,
                        description="Score every head with the detectors, prune components and then Q/K/V edges "
                                    "by greedy rounds of batched mean-ablation / path-patching sweeps while the "
                                    "circuit recovers at least --target of the task metric, assign roles, and "

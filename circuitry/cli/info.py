@@ -1,4 +1,4 @@
-"""`circuitry info MODEL`: a model's config, parameter count and origin."""
+"""`circuitry info MODEL`: a model's config, parameter count and origin (`--list`: the shipped models)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import argparse
 
 from circuitry.cli.options import add_model_options
 
+HELP = "show a model's config, parameter count and source"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show a model's config, parameter count and source",
+    p = sub.add_parser("info", help=HELP,
                        description="Show a model's config, parameter count and where it was loaded from.")
-    p.add_argument("model", metavar="MODEL", help="model reference: builtin:NAME or a path")
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help="model reference: builtin:NAME, a path, hf:NAME ... (`circuitry models` lists them)")
+    p.add_argument("--list", action="store_true", help="list the shipped models instead (as `circuitry models`)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     add_model_options(p)
     p.set_defaults(run=run)
@@ -19,8 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out) -> int:
     from rich.table import Table
 
+    from circuitry.errors import UsageError
     from circuitry.sources import load_model
 
+    if args.list:
+        from circuitry.cli import models
+
+        return models.run(args, out)
+    if args.model is None:
+        raise UsageError("info: give a MODEL (builtin:NAME, a path, hf:NAME ...); `circuitry models` lists the "
+                         "shipped models")
     model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     cfg = model.cfg.to_dict()
     doc = {"model": args.model, "source": model.source, "n_params": model.n_params(), "config": cfg}

@@ -1,7 +1,12 @@
-"""Where the CLI's output goes: rich tables on stdout, diagnostics on stderr, JSON documents."""
+"""Where the CLI's output goes: rich tables on stdout, diagnostics on stderr, JSON documents.
+
+In a terminal, rich fits tables to its width. Piped or redirected (a file, a log, `grep`), a stream gets a
+width no table reaches, so no row of a table wraps and no title breaks inside a word: each row is one line.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -10,6 +15,17 @@ from rich.markup import escape
 
 from circuitry.jsonable import strict_dumps
 
+PIPE_WIDTH = 10_000  # columns of a stream that is not a terminal (COLUMNS, when set, wins)
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console for stdout or stderr: no highlighting, no emoji codes (':smile:' in a user's file is
+    shown as written), and `PIPE_WIDTH` columns when the stream is not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    piped = not (callable(isatty) and isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, emoji=False, width=PIPE_WIDTH if piped else None)
+
 
 class Output:
     """stdout for results (a rich console, or exactly one JSON document), stderr for the rest."""
@@ -17,9 +33,8 @@ class Output:
     def __init__(self, json_mode: bool = False, verbose: int = 0) -> None:
         self.json_mode = json_mode
         self.verbose = verbose
-        # no emoji codes: ':smile:' in a user's file is shown as written
-        self.console = Console(highlight=False, emoji=False)
-        self.err = Console(stderr=True, highlight=False, emoji=False)
+        self.console = console()
+        self.err = console(stderr=True)
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         self.console.print(*objects, **kwargs)

@@ -9,9 +9,11 @@ from circuitry.fileio import check_output
 
 DEFAULT_WHAT = "resid_pre,attn_out,mlp_out,heads"
 
+HELP = "activation patching of a task: which activations carry its effect"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("patch", help="activation patching of a task: which activations carry its effect",
+    p = sub.add_parser("patch", help=HELP,
                        description="Patch each activation of the model (the residual stream and layer outputs per "
                                    "layer and position, each head's output, queries, keys, values or pattern) "
                                    "with the paired run of a contrastive task, and measure the task's metric: "

@@ -8,10 +8,12 @@ from circuitry.cli.options import add_model_options
 
 DEFAULT_DATA = "repeated:batch=16"
 
+HELP = "decompose the logits into residual paths and rank them"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "paths", help="decompose the logits into residual paths and rank them",
+        "paths", help=HELP,
         description="Split the model's logits on a token batch into path terms (direct path, single heads, "
                     "virtual heads, MLPs, bias, remainder; exact given the run's attention patterns and norm "
                     "scales), rank the terms by their mean contribution to a logit, and show the loss when "

@@ -7,9 +7,11 @@ import argparse
 from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
+HELP = "score every head with the detectors"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("scan", help="score every head with the detectors",
+    p = sub.add_parser("scan", help=HELP,
                        description="Score every head with every detector plugin (or those named) on one "
                                    "cached run, and list the strongest composition edges.")
     p.add_argument("model", metavar="MODEL", help="model reference: builtin:NAME, a path, hf:NAME ...")

@@ -9,9 +9,11 @@ from circuitry.fileio import check_output
 
 DEFAULT_DATA = "repeated"
 
+HELP = "draw the attention pattern of heads as heatmaps"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("show", help="draw the attention pattern of heads as heatmaps",
+    p = sub.add_parser("show", help=HELP,
                        description="Draw the attention pattern of one or more heads on one token sequence, with "
                                    "token labels on both axes: coloured in the terminal, or to a file "
                                    "(.png needs matplotlib: pip install 'circuitry[plot]'; .html is "
@@ -31,13 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_heads(values: list[str]) -> list[str]:
-    """Head names from repeated or comma-separated --head values, checked for syntax before any model loads."""
-    from circuitry.names import head_index
+    """Head names (canonical: L1H2 for l1h2) from repeated or comma-separated --head values, checked for syntax
+    before any model loads."""
+    from circuitry.names import head_index, head_name
 
-    heads = [h.strip() for v in values for h in v.split(",") if h.strip()]
-    for h in heads:
-        head_index(h)
-    return heads
+    return [head_name(*head_index(h.strip())) for v in values for h in v.split(",") if h.strip()]
 
 
 def parse_token_ids(text: str) -> list[int]:

@@ -7,9 +7,11 @@ import argparse
 from circuitry.cli.options import add_model_options
 from circuitry.fileio import check_output
 
+HELP = "follow detectors and in-context learning across training checkpoints"  # listed by `circuitry --help`
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("track", help="follow detectors and in-context learning across training checkpoints",
+    p = sub.add_parser("track", help=HELP,
                        description="For each checkpoint (files, or directories with step-*.safetensors in them "
                                    "or in their checkpoints/ subdirectory, as written by circuitry train "
                                    "--checkpoint-every): the loss on repeated tokens, the in-context learning "

@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from circuitry.errors import UsageError, did_you_mean
-from circuitry.names import EDGE_DOC, EDGE_KINDS, EDGE_PATTERN, NODE_DOC, NODE_PATTERN, Edge, parse_edge
+from circuitry.names import (
+    EDGE_DOC,
+    EDGE_KINDS,
+    EDGE_PATTERN,
+    NODE_DOC,
+    NODE_PATTERN,
+    Edge,
+    canonical_name,
+    parse_edge,
+)
 from circuitry.spec.expect import Expectation, parse_expectation
 from circuitry.spec.loader import Document, SpecError, load_document, load_file, raise_all
 from circuitry.spec.schema import (
@@ -282,8 +291,12 @@ def _semantics(doc: Document, found: _Problems, manager: Any) -> CircuitSpec | N
         return None
     circuit: dict = data["circuit"] if isinstance(data.get("circuit"), dict) else {}
     nodes_raw: dict = circuit["nodes"] if isinstance(circuit.get("nodes"), dict) else {}
-    nodes = {k: (v if isinstance(v, str) else v.get("role", "") if isinstance(v, dict) else "")
-             for k, v in nodes_raw.items()}
+    nodes: dict[str, str] = {}  # canonical name (L1H3 for l1h3) -> role
+    for k, v in nodes_raw.items():
+        name = canonical_name(k)
+        if name in nodes:
+            found.add(doc.error(("circuit", "nodes", k), f"node {name} is declared twice", at_key=True))
+        nodes[name] = v if isinstance(v, str) else v.get("role", "") if isinstance(v, dict) else ""
     edges = _edges(doc, found, circuit, nodes) if found.clean(("circuit", "nodes")) else []
     checks = _checks(doc, found, data, manager)
     data_spec, ref = _data(doc, found, data, manager)
@@ -529,9 +542,11 @@ def expectation_of(check: Check) -> tuple[str, Expectation]:
     return check.expect_key, parse_expectation(e)
 
 
-def load_spec(path: str | Path | None = None, text: str | None = None, manager: Any = None) -> CircuitSpec:
-    """Load and validate a spec file (or text); every problem is raised at once, with file:line:col."""
-    doc = load_document(text, "<string>") if text is not None else load_file(path)  # type: ignore[arg-type]
+def load_spec(path: str | Path | None = None, text: str | None = None, manager: Any = None,
+              name: str = "<string>") -> CircuitSpec:
+    """Load and validate a spec file (or text, its errors located as `name`:line:col); every problem is raised
+    at once, with file:line:col."""
+    doc = load_document(text, name) if text is not None else load_file(path)  # type: ignore[arg-type]
     found = _Problems(problems(doc, spec_schema(manager)))
     spec = _semantics(doc, found, manager)
     raise_all(found.errors)
