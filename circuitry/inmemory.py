@@ -18,7 +18,6 @@ from circuitry.errors import UsageError
 if TYPE_CHECKING:
     from circuitry.model import HookedTransformer
 
-TL_SOURCE = "the TransformerLens model"
 
 
 def from_hf(model: Any, tokenizer: Any = None, *, dtype: Any = None, device: Any = None) -> HookedTransformer:
@@ -40,30 +39,18 @@ def from_hf(model: Any, tokenizer: Any = None, *, dtype: Any = None, device: Any
 
 def from_transformer_lens(model: Any, *, dtype: Any = None, device: Any = None) -> HookedTransformer:
     """A TransformerLens HookedTransformer (its `cfg` and `state_dict()`) as a circuitry model, with its
-    tokenizer. Config fields that change the forward pass in ways circuitry's model lacks are refused by
-    name, as `tl:` checkpoints are. dtype: float32 (the default), bfloat16 or float16; device: default cpu."""
-    from circuitry.model import ModelConfig
-    from circuitry.model.io import build_model
+    tokenizer (`circuitry_plugins.tl.convert_tl_model`). Config fields that change the forward pass in ways
+    circuitry's model lacks are refused by name, as `tl:` checkpoints are. dtype: float32 (the default),
+    bfloat16 or float16; device: default cpu."""
     from circuitry.sources import check_device, check_dtype
 
-    cfg_obj: Any = getattr(model, "cfg", None)
-    if not hasattr(cfg_obj, "to_dict") or not hasattr(model, "state_dict"):
+    if not hasattr(getattr(model, "cfg", None), "to_dict") or not hasattr(model, "state_dict"):
         raise UsageError(f"from_transformer_lens takes a TransformerLens HookedTransformer (with .cfg.to_dict() "
                          f"and .state_dict()), got {type(model).__name__}")
     check_device(device)
     torch_dtype = check_dtype(dtype)
     try:
-        from circuitry_plugins.tl import tl_config, tl_state
+        from circuitry_plugins.tl import convert_tl_model
     except ImportError as exc:
         raise UsageError(f"from_transformer_lens needs the built-in tl plugin (circuitry_plugins.tl): {exc}") from None
-    cfg, options = tl_config(dict(cfg_obj.to_dict()), TL_SOURCE)
-    cfg, state = tl_state(cfg, dict(model.state_dict()), options, TL_SOURCE)
-    tokenizer = getattr(model, "tokenizer", None)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
-        cfg = ModelConfig(**{**cfg.to_dict(), "bos_token_id": bos})
-    out = build_model(cfg, state, TL_SOURCE, torch_dtype, device, checked=True)  # tl_state checked them
-    out.tokenizer = tokenizer
-    out.tokenizer_note = "" if tokenizer is not None else "the TransformerLens model has no tokenizer"
-    out.eval()
-    return out
+    return convert_tl_model(model, dtype=torch_dtype, device=device)
