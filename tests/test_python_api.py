@@ -320,3 +320,24 @@ def test_attention_html_holds_the_patterns(model, tmp_path):
     assert not ids  # fragments on one notebook page do not share element ids
     page = view.save(tmp_path / "attention.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and 'data-grid="pattern-L1H3"' in page
+
+
+# ------------------------------------------------------------------ the documentation's tour
+def test_python_api_tour_runs(monkeypatch, capsys):
+    from doc_pages import blocks, run_python_blocks
+
+    doc = REPO / "docs" / "python-api.md"
+    monkeypatch.chdir(REPO)
+    namespace = run_python_blocks(doc, "python_api_tour")
+    out = capsys.readouterr().out
+    assert "strongest previous-token head: L0H0" in out
+    assert "prev: " in out and "ablate: " in out and "FAIL" not in out
+    assert "checks[0].detector: unknown detector 'previus_token'" in out and "checks[0].expect:" in out
+    assert "terms sum to the logits: True" in out and "Html with 3 claims" in out
+    assert namespace["report"].passed
+    shown = "\n".join(blocks(doc, "text"))
+    for line in shown.splitlines():  # the printed errors the page shows are the real ones
+        assert line.removesuffix("...").rstrip(" .") in out
+    # a function with the plugins' signature and the plugin of the same number agree
+    by_name = cy.patch(namespace["model"], namespace["task"], "heads", metric="correct_logit")
+    assert torch.allclose(namespace["by_hand"].values, by_name.values, atol=1e-5)
