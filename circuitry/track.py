@@ -335,20 +335,27 @@ def run_label(result: TrackResult) -> str:
 def track_title(result: TrackResult) -> str:
     """The plot's title: what is plotted, on which run, and the phase-change rule's threshold and outcome."""
     n = len(result.checkpoints)
-    first = (f"Best-head previous-token and induction scores (0..1), loss on repeats and ICL score (nats): "
-             f"{n} checkpoint{'s' if n != 1 else ''} of {run_label(result)}")
-    rule = f"phase change: induction jump >= {MIN_JUMP:g} confirmed by the ICL score"
     change = result.phase_change
-    outcome = (f"at step {change.step} (+{change.induction_jump:.2f})" if change is not None
-               else f"none ({result.reason})" if result.reason else "none")
-    return f"{first}\n{rule}: {outcome}"
+    reason = result.reason if len(result.reason) <= 60 else result.reason[:59] + "…"
+    outcome = (f"step {change.step} (best induction +{change.induction_jump:.2f})" if change is not None
+               else f"none ({reason})" if reason else "none")
+    return (f"best-head previous-token and induction scores (0..1), loss and ICL score (nats)\n"
+            f"{n} checkpoint{'s' if n != 1 else ''} of {run_label(result)}\n"
+            f"phase change (induction jump >= {MIN_JUMP:g}, confirmed by the ICL score): {outcome}")
 
 
 def plot_track(result: TrackResult, path: str | Path) -> Path:
-    """PNG: best previous-token and induction scores over steps on a fixed 0..1 axis; loss on the repeats
-    and the ICL score (nats) on the second axis; the phase-change step marked; the legend below the axes.
-    Needs matplotlib (UsageError otherwise)."""
-    from circuitry.report.plots import phase_change_figure, place_legend, save_png
+    """`track_figure` as a PNG. Needs matplotlib (UsageError otherwise)."""
+    from circuitry.report.plots import save_png
+
+    return save_png(track_figure(result), path)
+
+
+def track_figure(result: TrackResult):
+    """The matplotlib figure of `result`: best previous-token and induction scores over steps on a fixed 0..1
+    axis; loss on the repeats and the ICL score (nats) on the second axis; the phase-change step marked; the
+    legend below the axes; the title from `track_title`."""
+    from circuitry.report.plots import phase_change_figure, place_legend
 
     stats = result.checkpoints
     steps = [s.step for s in stats]
@@ -367,4 +374,4 @@ def plot_track(result: TrackResult, path: str | Path) -> Path:
         h, lab = a.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
     place_legend(ax, handles, labels)
-    return save_png(fig, path)
+    return fig

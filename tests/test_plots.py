@@ -105,6 +105,126 @@ def test_loss_curve_and_phase_change(mpl, tmp_path):
     assert [list(ln.get_ydata()) for ln in ax.lines[:2]] == list(series.values())
     assert list(ax2.lines[0].get_ydata()) == [4.2, 3.9, 2.5, 1.9, 1.8]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [*series, "loss"]
+    assert ax.get_ylim() == (0.0, 1.0)  # a fixed score axis
+    assert_legend_off_the_axes(fig, ax)
     plots.save_png(fig, tmp_path / "phase.png")
     with pytest.raises(UsageError, match="has 2 values for 5 steps"):
         plots.phase_change_figure(steps, {"x": [1, 2]})
+
+
+def assert_legend_off_the_axes(fig, ax) -> None:
+    """The legend of `ax` lies outside every axes of `fig` (so on no curve) and inside the figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    for a in fig.axes:
+        assert not legend.overlaps(a.get_window_extent(renderer)), (legend, a.get_window_extent(renderer))
+    assert legend.x0 >= 0 and legend.y0 >= 0 and legend.x1 <= fig.bbox.width and legend.y1 <= fig.bbox.height
+
+
+def test_track_plot_fixed_axis_legend_and_title(mpl, tmp_path):
+    """`circuitry track --plot`: scores on 0..1, the legend below the axes, a title that names what is drawn,
+    the run and the phase-change threshold; the lines are the tracked numbers."""
+    from circuitry.track import MIN_JUMP, CheckpointStats, TrackResult, phase_change, plot_track, track_figure
+
+    run = tmp_path / "run-7" / "checkpoints"
+    steps = [0, 200, 400, 600, 800]
+    induction = [0.02, 0.05, 0.61, 0.72, 0.74]
+    prev = [0.10, 0.55, 0.93, 0.97, 0.98]
+    loss = [4.1, 3.6, 1.9, 1.7, 1.6]
+    icl = [-0.1, -0.3, -2.4, -2.6, -2.7]
+    stats = tuple(CheckpointStats(s, str(run / f"step-{s}.safetensors"), lo, ic, pv, "L0H0", ind, "L1H3", 1.5,
+                                  "L0H0 -> L1H3 (K)")
+                  for s, lo, ic, pv, ind in zip(steps, loss, icl, prev, induction))
+    change, reason = phase_change(stats)
+    assert change is not None and change.step == 400  # the largest induction jump, confirmed by the ICL fall
+    fig = track_figure(TrackResult(stats, change, reason))
+    ax, ax2 = fig.axes
+    assert ax.get_ylim() == (0.0, 1.0)
+    lines = {ln.get_label(): list(ln.get_ydata()) for a in (ax, ax2) for ln in a.lines}
+    assert lines["best induction"] == induction and lines["best previous-token"] == prev
+    assert lines["loss on repeats"] == loss and lines["ICL score"] == icl
+    assert list(ax.lines[0].get_xdata()) == steps
+    title = ax.get_title()
+    assert "previous-token and induction scores (0..1)" in title and "loss and ICL score (nats)" in title
+    assert f"5 checkpoints of {tmp_path / 'run-7'}" in title  # the run, not its checkpoints/ directory
+    assert f"induction jump >= {MIN_JUMP:g}" in title and "step 400 (best induction +0.56)" in title
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "best induction", "best previous-token", "phase change", "loss on repeats", "ICL score"]
+    assert_legend_off_the_axes(fig, ax)
+    fig.canvas.draw()
+    title_box = ax.title.get_window_extent(fig.canvas.get_renderer())
+    assert title_box.x0 >= 0 and title_box.x1 <= fig.bbox.width and title_box.y1 <= fig.bbox.height  # not cut off
+    path = plot_track(TrackResult(stats, None, "no jump"), tmp_path / "track.png")
+    assert png_size(path) == (792, 506)  # 7.2 x 4.6 in at 110 dpi
+
+
+def test_128_token_heatmap_png_thins_labels(mpl, tmp_path):
+    """A 128-token pattern as PNG: every k-th position labelled at >= 10 px (at the PNG's 110 dpi), labels
+    that do not overlap, at least 16 an axis; the image is the whole pattern."""
+    from conftest import random_model
+
+    from circuitry.report import plots
+
+    model = random_model(0, n_ctx=128)
+    ids = [49] + torch.randint(0, 49, (127,), generator=torch.Generator().manual_seed(5)).tolist()
+    figs = figures_for_heads(model, ids, ["L0H1", "L1H2"])
+    fig = plots.heatmaps_figure(list(figs.patterns))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([ids]))
+    tokens = ["BOS" if t == 49 else str(t) for t in ids]
+    axes = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert len(axes) == 2
+    for ax, (layer, head) in zip(axes, ((0, 1), (1, 2))):
+        drawn = torch.tensor(ax.images[0].get_array().tolist(), dtype=torch.float64)
+        assert torch.allclose(drawn, cache["pattern", layer][0, head].double(), atol=1e-6)
+        for ticks, labels in ((ax.get_xticks(), ax.get_xticklabels()), (ax.get_yticks(), ax.get_yticklabels())):
+            positions = [int(t) for t in ticks]
+            step = positions[1] - positions[0]
+            assert positions == list(range(0, 128, step)) and 16 <= len(positions) <= 40
+            assert [t.get_text() for t in labels] == [tokens[i] for i in positions]
+            assert all(t.get_fontsize() * 110 / 72 >= 10 for t in labels)
+            boxes = [t.get_window_extent(renderer) for t in labels]
+            assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+        assert "every" in ax.get_xlabel()
+    plots.save_png(fig, tmp_path / "long.png")
+
+
+def test_composition_colours_are_centred_on_the_random_baseline(mpl, shipped):
+    """Composition scores of random weights average the baseline, not 0: white there, red above, blue below,
+    in the PNG (a symmetric colour range about the baseline) and in the HTML (each cell's colour)."""
+    import re
+
+    from circuitry.datasets import make_batch
+    from circuitry.figures import figures_for_scan
+    from circuitry.report import plots
+    from circuitry.report.html import render_html
+    from circuitry.scan import scan
+
+    result = scan(shipped, make_batch(shipped, "repeated:batch=4"), ["composition"])
+    base = float(result.pairs["composition"].baseline["K"])
+    d_model = shipped.cfg.d_model
+    assert 0.5 / d_model ** 0.5 < base < 2 / d_model ** 0.5  # about 1 / sqrt(d_model), far from 0
+    figs = figures_for_scan(result)
+    fig = plots.heatmaps_figure(list(figs.composition))
+    k = next(ax for ax in fig.axes if ax.get_title() == "K-composition")
+    lo, hi = k.images[0].get_clim()
+    assert (lo + hi) / 2 == pytest.approx(base, rel=1e-9)
+    assert k.images[0].get_cmap().name == "RdBu_r"
+    page = render_html(figs)
+    cells = re.findall(r'<td[^>]*data-value="([^"]+)"[^>]*style="background:#(..)(..)(..);', page)
+    assert len(cells) == 3 * 16  # Q, K, V: 4 senders x 4 receivers with a value each
+    scores = result.pairs["composition"].scores
+    above = below = 0
+    for value, r, g, b in cells:
+        v, red, blue = float(value), int(r, 16), int(b, 16)
+        if v > base * 1.05:
+            assert red > blue, (v, r, g, b)
+            above += 1
+        elif v < base * 0.95:
+            assert blue > red, (v, r, g, b)
+            below += 1
+    assert above >= 6 and below >= 6  # the shipped model has both (K from the previous-token heads; V low)
+    assert float(scores["K"][0, 0, 1, 3]) > base * 1.5

@@ -176,3 +176,46 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys):
     assert cli.main(["show", MODEL, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+class Labels(HTMLParser):
+    """Every heatmap label: (axis, index, text, shown) with shown False for the hidden ones (class "skip")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: list[list] = []
+        self.open: list | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "th" and ("data-k" in a or "data-q" in a):
+            axis = "k" if "data-k" in a else "q"
+            self.open = [axis, int(a[f"data-{axis}"]), "", "skip" not in (a.get("class") or "").split()]
+            self.labels.append(self.open)
+
+    def handle_data(self, data):
+        if self.open is not None:
+            self.open[2] += data
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self.open = None
+
+
+def test_html_of_a_long_sequence_shows_every_second_label(tmp_path, capsys, shipped):
+    """63 tokens (the shipped model's context is 64): labels at positions 0, 2, 4 ... shown, the others kept
+    hidden in the page with their text; a note says so; the cells are still the model's pattern."""
+    out = tmp_path / "long.html"
+    assert cli.main(["show", MODEL, "--head", "L1H3", "--data", "repeated:seq_len=31,batch=2", "--out",
+                     str(out)]) == 0
+    tokens = repeated_tokens(65, 64, batch=2, seq_len=31, n_repeats=2, seed=0).tokens[0]
+    assert tokens.shape == (63,)
+    p = Labels()
+    p.feed(out.read_text())
+    names = ["BOS" if t == 64 else str(t) for t in tokens.tolist()]
+    for axis in ("k", "q"):
+        labels = [lb for lb in p.labels if lb[0] == axis]
+        assert [lb[2] for lb in labels] == names
+        assert [lb[1] for lb in labels if lb[3]] == list(range(0, 63, 2))
+    assert "labels: every 2nd position (0, 2, 4, …)" in out.read_text()
+    assert torch.allclose(html_grid(out, "L1H3"), pattern(shipped, tokens, 1, 3).double(), atol=1e-6)
