@@ -345,7 +345,7 @@ def test_show_html_previous_token_head(browser, tmp_path, monkeypatch, shipped):
 
 # ------------------------------------------------------------------ the renderers compute nothing
 RENDERERS = ["circuitry/report/html.py", "circuitry/report/terminal.py", "circuitry/report/plots.py",
-             "circuitry/report/colours.py"]
+             "circuitry/report/colours.py", "circuitry/report/ticks.py"]
 FORBIDDEN = ("torch", "numpy", "circuitry.model", "circuitry.scan", "circuitry.verify", "circuitry.interventions",
              "circuitry.graph", "circuitry.sources", "circuitry.datasets", "circuitry.data", "circuitry.plugins")
 
