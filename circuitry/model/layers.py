@@ -160,6 +160,8 @@ class Attention(nn.Module):
     `q_norm.hook_scale` / `k_norm.hook_scale` its scales, `hook_rot_q` /
     `hook_rot_k` the normalised queries and keys after rotary. With a
     soft cap, `hook_attn_scores` holds the capped (and masked) scores.
+    `hook_result` [batch, pos, head, d_model] (each head's z @ W_O, before
+    b_O) is only materialised when a hook is attached.
     `layer` picks the layer's attention window (`cfg.window(layer)`).
     """
 
@@ -174,6 +176,7 @@ class Attention(nn.Module):
     hook_attn_scores: HookPoint
     hook_pattern: HookPoint
     hook_z: HookPoint
+    hook_result: HookPoint
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -186,7 +189,7 @@ class Attention(nn.Module):
         if cfg.has_attn_out_bias:
             self.b_O = _param(d)
         for name in ("q_input", "k_input", "v_input", "q", "k", "v", "rot_q", "rot_k",
-                     "attn_scores", "pattern", "z"):
+                     "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
         if cfg.qk_norm is not None:
             self.q_norm = QKNorm(cfg.qk_norm, h, dh, cfg.norm_eps)
@@ -245,7 +248,10 @@ class Attention(nn.Module):
         scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=wide(scores.dtype)).to(scores.dtype))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))  # [batch, pos, head, d_head]
-        out = torch.einsum("bqhe,hed->bqd", z, self.W_O)
+        if self.hook_result.active:  # each head's output [batch, pos, head, d_model], only when hooked
+            out = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O)).sum(2)
+        else:
+            out = torch.einsum("bqhe,hed->bqd", z, self.W_O)
         b_O = self._bias("b_O")
         return out if b_O is None else out + b_O
 

@@ -1,10 +1,13 @@
 """`HookedTransformer`: the one model implementation every analysis runs on.
 
-Tokens [batch, pos] -> logits [batch, pos, d_vocab]. Hook points carry
-TransformerLens names (`hook_embed`, `blocks.{l}.attn.hook_pattern`, ...);
-`run_with_cache` records activations and `run_with_hooks` reads or replaces
-them. Per-head weights are exposed stacked over layers: W_Q [layer, head,
-d_model, d_head], W_O [layer, head, d_head, d_model], ...
+Tokens [batch, pos] (or text, for a model with a tokenizer) -> logits [batch,
+pos, d_vocab]. Hook points carry TransformerLens names (`hook_embed`,
+`blocks.{l}.attn.hook_pattern`, ...); `run_with_cache` records activations and
+`run_with_hooks` reads or replaces them (forward and backward hooks), with
+TransformerLens's keywords (`fwd_hooks`, `bwd_hooks`, `names_filter`, ...).
+Per-head weights are exposed stacked over layers: W_Q [layer, head, d_model,
+d_head], W_O [layer, head, d_head, d_model], ...; `OV` and `QK` as factored
+[layer, head, d_model, d_model] matrices.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,26 @@ from circuitry.model.config import ModelConfig
 from circuitry.model.hooks import ActivationCache, HookFn, HookPoint
 from circuitry.model.layers import Block, Norm, init_normal_, rotary_tables
 
+if TYPE_CHECKING:
+    from circuitry.factored import FactoredMatrix
+
 HookSpec = tuple["str | Callable[[str], bool]", HookFn]
+RETURN_TYPES = ("logits", "loss", "both", None)
+FORWARD_OPTIONS = ("return_type", "prepend_bos", "start_at_layer", "resid", "stop_at_layer")
+
+
+def _hook_pair(spec: object) -> tuple[str | Callable[[str], bool], HookFn]:
+    """A (hook name or filter over names, fn) pair, checked."""
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and callable(spec[1])):
+        raise UsageError(f"each hook is a pair (hook name or filter over names, fn(activation, hook)), got {spec!r}")
+    return spec[0], spec[1]
+
+
+def _check_options(what: str, kwargs: dict[str, Any]) -> None:
+    unknown = [k for k in kwargs if k not in FORWARD_OPTIONS]
+    if unknown:
+        raise UsageError(f"{what} has no option {unknown[0]!r}{did_you_mean(unknown[0], FORWARD_OPTIONS)} "
+                         f"(options of the forward pass: {', '.join(FORWARD_OPTIONS)})")
 
 
 class Params(nn.Module):
@@ -51,6 +74,7 @@ class HookedTransformer(nn.Module):
         self.tokenizer = None  # a Hugging Face tokenizer when the model source provides one
         self.trained_positions: int | None = None  # positions the model works in, when its card says so
         self.tokenizer_note = ""  # why a model has no tokenizer, when its source knows
+        self.use_attn_result = False  # whether a full run_with_cache records attn.hook_result
         if seed is not None and device.type != "meta":
             self.init_weights(seed)
 
@@ -104,8 +128,14 @@ class HookedTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed.W_E.device
 
-    def check_tokens(self, tokens: torch.Tensor | Sequence) -> torch.Tensor:
-        """Tokens as a LongTensor [batch, pos] on the model's device, or an InputError."""
+    def check_tokens(self, tokens: torch.Tensor | Sequence | str, prepend_bos: bool | None = None) -> torch.Tensor:
+        """Tokens as a LongTensor [batch, pos] on the model's device, or an InputError. Text (a string or a
+        list of strings) is tokenized with `to_tokens` (BOS prepended when the model has one, unless
+        `prepend_bos=False`)."""
+        from circuitry.model.text import is_text
+
+        if is_text(tokens):
+            return self.to_tokens(tokens, prepend_bos)  # type: ignore[arg-type]
         if not isinstance(tokens, torch.Tensor):
             try:
                 tokens = torch.tensor(tokens)
@@ -140,15 +170,19 @@ class HookedTransformer(nn.Module):
             resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], -1, -1))
         return resid
 
-    def forward(self, tokens: torch.Tensor | Sequence, *, start_at_layer: int = 0,
-                resid: torch.Tensor | None = None, stop_at_layer: int | None = None) -> torch.Tensor:
-        """Logits [batch, pos, d_vocab].
+    def forward(self, tokens: torch.Tensor | Sequence | str, return_type: str | None = "logits", *,
+                prepend_bos: bool | None = None, start_at_layer: int = 0, resid: torch.Tensor | None = None,
+                stop_at_layer: int | None = None) -> Any:
+        """Logits [batch, pos, d_vocab]; with `return_type` "loss" the mean next-token loss, "both" (logits,
+        loss), None nothing (as TransformerLens). Text is tokenized first (`prepend_bos` as `to_tokens`).
 
         With `start_at_layer=l` and `resid` (the residual stream entering block
         l), the run skips the earlier layers; with `stop_at_layer=l` it returns
         the residual stream entering block l instead of logits.
         """
-        tokens = self.check_tokens(tokens)
+        if return_type not in RETURN_TYPES:
+            raise UsageError(f"return_type must be one of {', '.join(map(repr, RETURN_TYPES))}, got {return_type!r}")
+        tokens = self.check_tokens(tokens, prepend_bos)
         if resid is None:
             if start_at_layer:
                 raise UsageError("start_at_layer needs the residual stream entering that layer (resid=...)")
@@ -165,7 +199,13 @@ class HookedTransformer(nn.Module):
             resid = self.blocks[l](resid, local_rotary if self.cfg.is_local(l) else rotary)
         if stop_at_layer is not None:
             return resid
-        return self.unembed_resid(self.ln_final(resid))
+        logits = self.unembed_resid(self.ln_final(resid))
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss(tokens, logits)
+        return loss if return_type == "loss" else (logits, loss)
 
     def unembed_resid(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W_U + b_U for a normalised final residual x [..., d_model], soft-capped (cap * tanh(logits / cap))
@@ -191,55 +231,123 @@ class HookedTransformer(nn.Module):
     def hook_names(self) -> list[str]:
         return list(self.hook_dict)
 
+    @property
+    def mod_dict(self) -> dict[str, nn.Module]:
+        """Every submodule by name, hook points included (TransformerLens's `mod_dict`)."""
+        return {n: m for n, m in self.named_modules() if n}
+
     def _resolve(self, name: str | Callable[[str], bool]) -> list[HookPoint]:
         if callable(name):
             return [hp for n, hp in self.hook_dict.items() if name(n)]
+        if not isinstance(name, str):
+            raise UsageError(f"a hook point is named by a string or a filter over names, got {type(name).__name__}")
         if name not in self.hook_dict:
             raise UsageError(f"unknown hook point {name!r}{did_you_mean(name, self.hook_dict)}")
         return [self.hook_dict[name]]
 
+    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn,
+                 dir: Literal["fwd", "bwd"] = "fwd") -> None:  # noqa: A002 - TransformerLens's name
+        """Attach `fn` to the hook point `name` (or every hook point a filter over names accepts) until
+        `reset_hooks`."""
+        for hp in self._resolve(name):
+            hp.add_hook(fn, dir)
+
     @contextmanager
-    def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator["HookedTransformer"]:
-        """Attach hooks (name or name predicate, fn) for the duration of a `with` block."""
-        added: list[tuple[HookPoint, HookFn]] = []
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
+              reset_hooks_end: bool = True) -> Iterator["HookedTransformer"]:
+        """Attach hooks (hook name or filter over names, fn) for the duration of a `with` block; with
+        `reset_hooks_end=False` they stay attached. Every name is checked before any hook is attached."""
+        plan = [(hp, d, fn) for d, specs in (("fwd", fwd_hooks), ("bwd", bwd_hooks))
+                for name, fn in map(_hook_pair, specs) for hp in self._resolve(name)]
+        for hp, d, fn in plan:
+            hp.add_hook(fn, d)  # type: ignore[arg-type]
         try:
-            for name, fn in fwd_hooks:
-                for hp in self._resolve(name):
-                    hp.fns.append(fn)
-                    added.append((hp, fn))
             yield self
         finally:
-            for hp, fn in added:
-                hp.fns.remove(fn)
+            if reset_hooks_end:
+                for hp, d, fn in plan:
+                    fns = hp.fns if d == "fwd" else hp.bwd_fns
+                    if fn in fns:  # (unless reset_hooks removed it already)
+                        fns.remove(fn)
 
-    def reset_hooks(self) -> None:
+    def reset_hooks(self, clear_contexts: bool = True, direction: Literal["fwd", "bwd", "both"] = "both",
+                    including_permanent: bool = False) -> None:
+        """Remove every hook (of one direction); the other arguments are TransformerLens's and change nothing."""
         for hp in self.hook_dict.values():
-            hp.fns.clear()
+            hp.remove_hooks(direction)
 
-    def run_with_hooks(self, tokens: torch.Tensor | Sequence, hooks: Iterable[HookSpec] = (),
-                       **kwargs) -> torch.Tensor:
-        with self.hooks(hooks):
+    def run_with_hooks(self, tokens: torch.Tensor | Sequence | str, hooks: Iterable[HookSpec] = (), *,
+                       fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
+                       reset_hooks_end: bool = True, **kwargs: Any) -> Any:
+        """The forward pass (logits, or what `return_type` asks for) with forward hooks `hooks` and
+        `fwd_hooks` and backward hooks `bwd_hooks` attached, each `(hook name or filter over names,
+        fn(activation, hook))`; removed afterwards unless `reset_hooks_end=False`. Backward hooks belong
+        to the graph of this run: `.backward()` on its result calls them even after they are removed."""
+        _check_options("run_with_hooks", kwargs)
+        with self.hooks([*hooks, *fwd_hooks], bwd_hooks, reset_hooks_end):
             return self(tokens, **kwargs)
 
-    def run_with_cache(self, tokens: torch.Tensor | Sequence,
-                       names: Iterable[str] | Callable[[str], bool] | None = None,
-                       hooks: Iterable[HookSpec] = (), **kwargs) -> tuple[torch.Tensor, ActivationCache]:
-        """Logits and an `ActivationCache` of the named hook points (all when names is None)."""
+    def run_with_cache(self, tokens: torch.Tensor | Sequence | str,
+                       names: str | Iterable[str] | Callable[[str], bool] | None = None,
+                       hooks: Iterable[HookSpec] = (), *,
+                       names_filter: str | Iterable[str] | Callable[[str], bool] | None = None,
+                       remove_batch_dim: bool = False, device: str | torch.device | None = None,
+                       **kwargs: Any) -> tuple[Any, ActivationCache]:
+        """The forward pass and an `ActivationCache` of the hook points `names` (TransformerLens:
+        `names_filter`): a name, a list of names or a filter over names; None: every hook point but the
+        per-head inputs, `hook_normalized` and (unless `set_use_attn_result(True)`) `attn.hook_result`.
+        `remove_batch_dim`: a one-prompt run's activations without their batch dimension; `device`: where
+        the activations are kept."""
+        if names is not None and names_filter is not None:
+            raise UsageError("run_with_cache takes names or names_filter (the same thing), not both")
+        _check_options("run_with_cache", kwargs)
         acts: dict[str, torch.Tensor] = {}
 
         def save(x: torch.Tensor, hook: HookPoint) -> None:
-            acts[hook.name] = x.detach()
+            acts[hook.name] = x.detach() if device is None else x.detach().to(device)
 
-        if names is None:
-            selected: list[HookSpec] = [(n, save) for n in self.hook_dict
-                                        if not n.endswith(("_input", "hook_normalized"))]
-        elif callable(names):
-            selected = [(names, save)]
-        else:
-            selected = [(n, save) for n in names]
+        selected: list[HookSpec] = [(n, save) for n in self._cache_names(names if names is not None
+                                                                          else names_filter)]
         with self.hooks([*hooks, *selected]):
-            logits = self(tokens, **kwargs)
-        return logits, ActivationCache(acts)
+            out = self(tokens, **kwargs)
+        cache = ActivationCache(acts, self.cfg.n_layers)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
+
+    def _cache_names(self, names: str | Iterable[str] | Callable[[str], bool] | None) -> list[str]:
+        if names is None:
+            skip = ("_input", "hook_normalized", *(() if self.use_attn_result else ("hook_result",)))
+            return [n for n in self.hook_dict if not n.endswith(skip)]
+        if callable(names):
+            return [n for n in self.hook_dict if names(n)]
+        listed = [names] if isinstance(names, str) else list(names)
+        for n in listed:
+            self._resolve(n)  # a clear error for a name that is not a hook point
+        return listed
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Whether a full `run_with_cache` records each head's output `attn.hook_result` [batch, pos, head,
+        d_model] (z @ W_O per head, before b_O). A hook attached to `hook_result` works either way."""
+        self.use_attn_result = bool(use_attn_result)
+
+    # ------------------------------------------------------------------- text
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
+                  move_to_device: bool = True) -> torch.Tensor:
+        """Token ids [batch, pos] of a text or a list of texts (see `circuitry.model.text`)."""
+        from circuitry.model.text import to_tokens
+
+        return to_tokens(self, text, prepend_bos, move_to_device)
+
+    def to_str_tokens(self, tokens: Any, prepend_bos: bool | None = None) -> list[str] | list[list[str]]:
+        """Each token of a text or of token ids [pos] as a string."""
+        from circuitry.model.text import to_str_tokens
+
+        return to_str_tokens(self, tokens, prepend_bos)
+
+    def to_string(self, tokens: Any) -> str | list[str]:
+        """The text of token ids [pos] (a string) or [batch, pos] (a list of strings)."""
+        from circuitry.model.text import to_string
+
+        return to_string(self, tokens)
 
     # ---------------------------------------------------------------- weights
     def _stack(self, attr: str, module: str = "attn", expand_kv: bool = False,
@@ -338,6 +446,20 @@ class HookedTransformer(nn.Module):
     def W_QK(self) -> torch.Tensor:
         """W_Q W_K^T per head [layer, head, d_model, d_model] (small models only)."""
         return self.W_Q @ self.W_K.transpose(-1, -2)
+
+    @property
+    def OV(self) -> "FactoredMatrix":
+        """W_V W_O per head as a factored [layer, head, d_model, d_model] matrix (any model size)."""
+        from circuitry.factored import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> "FactoredMatrix":
+        """W_Q W_K^T per head as a factored [layer, head, d_model, d_model] matrix (any model size)."""
+        from circuitry.factored import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-1, -2))
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

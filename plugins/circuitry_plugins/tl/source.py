@@ -1,4 +1,4 @@
-"""The `tl:` model source: TransformerLens HookedTransformer checkpoints.
+"""TransformerLens HookedTransformer checkpoints -> the canonical model (the `tl:` source).
 
 `tl:PATH` reads a state dict saved from a TransformerLens 2.x/3.x
 HookedTransformer (`model.safetensors`, or a `.pt`/`.pth` file read with
@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from circuitry import hookimpl
 from circuitry.errors import ModelLoadError
 from circuitry.model import HookedTransformer, ModelConfig
 from circuitry.model.config import finite_number, show
@@ -44,7 +43,6 @@ from circuitry.model.io import (
     read_torch_file,
     require_memory,
 )
-from circuitry.records import ModelSource
 
 CONFIG_NAMES = ("config.json", "cfg.json")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -373,16 +371,17 @@ def load_tl(rest: str, device: Any = None, dtype: Any = None) -> HookedTransform
     require_memory(cfg, str(config_file), copies=2, extra=weights.stat().st_size)
     cfg, state = tl_state(cfg, _read_weights(weights), options, str(weights))
     tokenizer, why = _tokenizer(config_file.parent, raw.get("tokenizer_name"))
+    return finish(cfg, state, str(weights), tokenizer, why, dtype, device)
+
+
+def finish(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str, tokenizer: Any, why: str,
+           dtype: Any = None, device: Any = None) -> HookedTransformer:
+    """The canonical model of a converted (config, state) (checked already), carrying its tokenizer, whose
+    BOS token becomes the model's."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if isinstance(bos, int) and 0 <= bos < cfg.d_vocab:
         cfg = ModelConfig(**{**cfg.to_dict(), "bos_token_id": bos})
-    model = build_model(cfg, state, str(weights), dtype, device)
+    model = build_model(cfg, state, where, dtype, device, checked=True)
     model.tokenizer, model.tokenizer_note = tokenizer, why
     model.eval()
     return model
-
-
-@hookimpl
-def circuitry_model_sources():
-    return [ModelSource("tl", "TransformerLens HookedTransformer checkpoints: a directory with the state dict "
-                              "(model.safetensors, *.pt or *.pth) and its config.json (tl:PATH)", load_tl)]
