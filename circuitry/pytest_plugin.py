@@ -268,7 +268,8 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.line - 1, f"{self.spec_file.spec.file}::{self.name}"
+        # not the end of the node id: pytest would show the dots of such a suffix as '::'
+        return self.path, self.line - 1, f"{self.name} ({self._where()})"
 
 
 class SpecErrorItem(pytest.Item):
@@ -288,7 +289,8 @@ class SpecErrorItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         mark = getattr(self.error, "mark", None)
-        return self.path, mark.line - 1 if mark is not None else None, f"{_shown(self.path, self.config)}::spec"
+        line = mark.line - 1 if mark is not None else None
+        return self.path, line, f"{_shown(self.path, self.config)} (invalid spec)"
 
 
 def _usage_message(exc: UsageError, file: str) -> str:
