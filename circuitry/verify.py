@@ -33,7 +33,7 @@ from circuitry.plugins import PluginManager, get_manager
 from circuitry.spec.format import CircuitSpec, relative_to
 from circuitry.spec.loader import SpecError, raise_all
 
-__all__ = ["CheckResult", "VerificationReport", "load_spec_model", "spec_model_ref", "verify"]
+__all__ = ["CheckResult", "VerificationReport", "failing_parts", "load_spec_model", "spec_model_ref", "verify"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,19 @@ class VerificationReport:
     def _repr_html_(self) -> str:  # Jupyter shows the report inline: claims, circuit, scores
         from circuitry.report.notebook import report_html
         return report_html(self)
+
+
+def failing_parts(report: VerificationReport, result: CheckResult) -> list[str]:
+    """The nodes or edges of a check with several values (`details["values"]`: one per head or edge, each of
+    which must meet the expectation) whose own value does not; [] when the report kept no run."""
+    from circuitry.spec.format import expectation_of
+
+    values = result.details.get("values")
+    check = next((c for c in report.run.spec.checks if c.id == result.id), None) if report.run else None
+    if not isinstance(values, dict) or check is None:
+        return []
+    _, exp = expectation_of(check)
+    return [k for k, v in values.items() if not exp.holds(v)]
 
 
 # ------------------------------------------------------------------ model and data
@@ -195,7 +208,16 @@ def _clean_run(run: VerifiedRun, needs: frozenset[str], keep_patterns: bool) -> 
     run.clean = clean_run(model, tokens, patterns=patterns, extra=scales)
 
 
-def _reference(run: VerifiedRun, data_override: Any, manager: PluginManager) -> None:
+def _reference(run: VerifiedRun, data_override: Any, manager: PluginManager, batches: dict | None) -> None:
+    if batches is not None and "reference" in batches:
+        run.reference_batch = batches["reference"]
+        return
+    _make_reference(run, data_override, manager)
+    if batches is not None:
+        batches["reference"] = run.reference_batch
+
+
+def _make_reference(run: VerifiedRun, data_override: Any, manager: PluginManager) -> None:
     spec = run.spec
     if run.task is not None and data_override is None:  # the task's corrupted prompts
         run.reference_batch = run.task.corrupted_batch()
@@ -274,10 +296,12 @@ def _measure(run: VerifiedRun, plans: dict[str, CheckPlan], sweep_seconds: dict[
 
 def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref: str | None = None,
            device: str | None = None, manager: PluginManager | None = None, data: Any = None,
-           keep_patterns: bool = False, dtype: str | None = None) -> VerificationReport:
+           keep_patterns: bool = False, dtype: str | None = None,
+           batches: dict[str, TokenBatch] | None = None) -> VerificationReport:
     """Check every claim of `spec`; `model` / `model_ref` override the spec's model, `data` (a data reference)
     its data. keep_patterns: keep the attention patterns in the clean run even when no check reads them
-    (for pictures drawn from `report.run`)."""
+    (for pictures drawn from `report.run`). batches: the batches of an earlier call with a model of the same
+    shape and vocabulary (checkpoints of one training run), reused; an empty dict is filled for later calls."""
     from circuitry.diagnostics import collecting, warn
 
     start = time.perf_counter()
@@ -287,14 +311,18 @@ def verify(spec: CircuitSpec, model: HookedTransformer | None = None, model_ref:
         model, ref = load_spec_model(spec, model_ref, device, dtype)
     model.eval()
     with collecting() as found, torch.inference_mode():
-        batch = _task_batch(spec, model) if spec.task is not None and data is None else \
-            _batch(spec, model, data if data is not None else spec.data, _data_key(spec, "data"), manager,
-                   located=data is None)
+        batch = batches.get("clean") if batches is not None else None
+        if batch is None:
+            batch = _task_batch(spec, model) if spec.task is not None and data is None else \
+                _batch(spec, model, data if data is not None else spec.data, _data_key(spec, "data"), manager,
+                       located=data is None)
+            if batches is not None:
+                batches["clean"] = batch
         run = VerifiedRun(spec, model, batch, manager)
         plans = _plan(run)
         needs = _needs(plans)
         if "reference" in needs:
-            _reference(run, data, manager)
+            _reference(run, data, manager, batches)
         _clean_run(run, needs, keep_patterns)
         sweep_seconds = _sweeps(run, plans)
         results = _measure(run, plans, sweep_seconds)
