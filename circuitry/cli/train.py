@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, out) -> int:
     plot = ", loss.png" if png else "; install matplotlib for loss.png"
     out.print(f"model: {options['out']}  (loss curve: loss.json{plot})")
     if result.checkpoints:
-        out.print(f"checkpoints: {len(result.checkpoints)} in {options['out']}/checkpoints")
+        out.print(f"checkpoints: {len(result.checkpoints)} written to {options['out']}/checkpoints")
     return 0
 
 
