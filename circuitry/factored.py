@@ -89,9 +89,11 @@ class FactoredMatrix:
 
     # ------------------------------------------------------------------ analysis
     def norm(self) -> torch.Tensor:
-        """Frobenius norm [...], from the mdim x mdim Gram matrices of the factors."""
-        gram_a = self.A.transpose(-1, -2) @ self.A  # [..., mdim, mdim]
-        gram_b = self.B @ self.B.transpose(-1, -2)  # [..., mdim, mdim]
+        """Frobenius norm [...], from the mdim x mdim Gram matrices of the factors (float32 for half-precision
+        factors)."""
+        A, B = _wide(self.A), _wide(self.B)
+        gram_a = A.transpose(-1, -2) @ A  # [..., mdim, mdim]
+        gram_b = B @ B.transpose(-1, -2)  # [..., mdim, mdim]
         return (gram_a * gram_b).sum((-1, -2)).clamp(min=0).sqrt()
 
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
