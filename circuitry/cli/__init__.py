@@ -36,6 +36,7 @@ COMMANDS = {
     "track": "circuitry.cli.track",
     "patch": "circuitry.cli.patch",
     "attribute": "circuitry.cli.attribute",
+    "e2e": "circuitry.cli.e2e",
 }
 VERSION = f"circuitry {__version__}"
 

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace, out) -> int:
 def _tok(entry: dict, role: str) -> str:
     from rich.markup import escape
 
-    return f"{escape(entry[role + '_label'])} [dim]({entry[role]})[/]"
+    label, token = entry[role + "_label"], entry[role]
+    return escape(label) if label == str(token) else f"{escape(label)} [dim]({token})[/]"  # the id once
 
 
 def render(doc: dict, out) -> None:

@@ -10,6 +10,8 @@ from circuitry.cli.options import add_model_options
 from circuitry.errors import UsageError
 from circuitry.fileio import check_output
 
+HELP = "check a circuit spec's claims against a model"  # listed by `circuitry --help`
+
 STDIN = "-"
 
 
