@@ -62,7 +62,8 @@ def reproduce(out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2), steps: int 
                claims.two_step_mechanism(two, seeds),
                claims.attention_patterns(two, seeds, out),
                dynamics.phase_change(of("normal"), seeds, checkpoint_every),
-               claims.ablation(two, seeds)]
+               claims.ablation(two, seeds),
+               claims.natural_text(load_model(claims.TEXT_MODEL).eval())]
     if not quick:
         results.append(dynamics.perturbations({v: of(v) for v in ("normal", "blocked", "smeared")}, seeds, steps,
                                               {v: missing.get(v, "") for v in ("blocked", "smeared")}))
