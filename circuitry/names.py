@@ -250,6 +250,11 @@ def check_edge(value: Any, cfg: Any) -> Edge:
             why = (f"the sender must be in an earlier layer than the receiver (layer {s.layer} is not "
                    f"before layer {r.layer})")
         raise UsageError(f"edge {edge}: {why}")
+    keys_read_embeddings = getattr(cfg, "keys_read_embeddings", None)
+    if edge.kind == "K" and s.kind not in (EMBED, POS_EMBED) and keys_read_embeddings is not None \
+            and keys_read_embeddings(r.layer):
+        raise UsageError(f"edge {edge}: the keys of layer {r.layer} read only the embeddings (the model's "
+                         f"key_input is 'embeddings': K-composition is blocked), so nothing of {s.name} reaches them")
     return edge
 
 

@@ -13,6 +13,13 @@ K-composition from the main previous-token head into the induction heads rises
 from about 1.45x to about 1.85x the random-matrix baseline, so the circuit is
 visible in the weights as well as in the activations.
 
+Two architectural perturbations of the induction circuit (Olsson et al. 2022, "the
+phase change"): `block_k_composition` makes the keys of layers >= 1 read only the
+embeddings (`ModelConfig.key_input` "embeddings"), so no previous-token head can
+shift them; `smeared_keys` gives every head a learnable smear of its keys over the
+previous position (`ModelConfig.smeared_keys`; the smear parameters get no weight
+decay, which would pull every head toward an even mix).
+
 With an output directory, `train` writes strict JSON (`circuitry.jsonable`):
 `train.json` (recipe, command, seconds, torch version, final_loss) and
 `loss.json` ({"step": [...], "loss": [...]}); a loss that is NaN or infinite
@@ -73,6 +80,8 @@ class TrainRecipe:
     min_period: int = 8
     max_period: int = 24
     checkpoint_every: int | None = None
+    block_k_composition: bool = False
+    smeared_keys: bool = False
 
     def __post_init__(self) -> None:
         check_run_options(self)
@@ -82,6 +91,7 @@ class TrainRecipe:
             n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
             d_head=self.d_model // self.n_heads, d_vocab=self.d_vocab + 1, n_ctx=self.n_ctx,
             bos_token_id=self.d_vocab, name=f"attn-only-{self.n_layers}l",
+            key_input="embeddings" if self.block_k_composition else "residual", smeared_keys=self.smeared_keys,
         )
 
 
@@ -91,6 +101,15 @@ class TrainResult:
     losses: list[float]
     seconds: float
     checkpoints: list[Path]
+
+
+def parameter_groups(model: HookedTransformer, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: every parameter with `weight_decay`, but the smear parameters of smeared keys,
+    without (one group when the model has none)."""
+    params = dict(model.named_parameters())
+    smear = [p for n, p in params.items() if n.endswith(".smear_alpha")]
+    rest = [p for n, p in params.items() if not n.endswith(".smear_alpha")]
+    return [{"params": rest}] + ([{"params": smear, "weight_decay": 0.0}] if smear else [])
 
 
 def checkpoint_name(step: int) -> str:
@@ -112,7 +131,8 @@ def train(recipe: TrainRecipe, out: str | Path | None = None,
     cfg = recipe.model_config()
     require_memory(cfg, "training", copies=4)  # weights, gradients and AdamW's two moments
     model = HookedTransformer(cfg, seed=recipe.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.betas,
+                            weight_decay=recipe.weight_decay)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     out_dir = Path(out) if out is not None else None
     meta = {"recipe": strict_dumps(dataclasses.asdict(recipe), indent=None), "command": command or ""}

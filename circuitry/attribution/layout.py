@@ -5,7 +5,9 @@ order: `embed`, `pos_embed` (learned positions), then per layer its heads and
 its MLP. Every receiver input reads a prefix of that order: the heads of
 layer l read everything before their own layer (Q, K, V), the MLP of layer l
 everything up to its layer's heads (in a parallel-attention model, up to the
-previous layer), the logits everything (direct). So one tensor of sender
+previous layer), the logits everything (direct); the keys of a head that read
+only the embeddings (`ModelConfig.key_input` "embeddings", layers >= 1) read
+just `embed` and `pos_embed`, the first senders. So one tensor of sender
 outputs [batch, pos, sender, d_model] serves every receiver as a view, and
 the edges are exactly those of `circuitry.graph.ResidualGraph`.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from circuitry.errors import UsageError
 from circuitry.names import EMBED, LOGITS, POS_EMBED, Edge, component_names, head_name, mlp_name
 
 
@@ -39,10 +42,12 @@ class Layout:
     attn_only: bool
     parallel: bool
     learned_positions: bool
+    keys_read_embeddings: bool = False  # the keys of layers >= 1 read only the embeddings
 
     @classmethod
     def of(cls, cfg) -> Layout:
-        return cls(cfg.n_layers, cfg.n_heads, cfg.attn_only, cfg.parallel_attn_mlp, cfg.positional == "learned")
+        return cls(cfg.n_layers, cfg.n_heads, cfg.attn_only, cfg.parallel_attn_mlp, cfg.positional == "learned",
+                   cfg.key_input == "embeddings")
 
     @cached_property
     def senders(self) -> tuple[str, ...]:
@@ -53,6 +58,11 @@ class Layout:
             if not self.attn_only:
                 names.append(mlp_name(layer))
         return tuple(names)
+
+    @property
+    def streams(self) -> int:
+        """The number of embedding senders (embed, and pos_embed for learned positions)."""
+        return 2 if self.learned_positions else 1
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -68,7 +78,8 @@ class Layout:
         for layer in range(self.n_layers):
             before = self.first_head(layer)
             for h in range(self.n_heads):
-                out += [Receiver(head_name(layer, h), kind, before, layer, h) for kind in ("Q", "K", "V")]
+                out += [Receiver(head_name(layer, h), kind, self.streams if kind == "K" and self.keys_read_embeddings
+                                 and layer >= 1 else before, layer, h) for kind in ("Q", "K", "V")]
             if not self.attn_only:
                 n_up = before if self.parallel else before + self.n_heads
                 out.append(Receiver(mlp_name(layer), "mlp_in", n_up, layer))
@@ -110,3 +121,8 @@ class Layout:
     def check(self, cfg) -> None:
         """The layout's components are the model's (a guard against drifting from `names`)."""
         assert list(self.senders) + [LOGITS] == component_names(cfg), "attribution layout out of step with names"
+        if self.keys_read_embeddings and cfg.pre_norm_kind is not None and cfg.n_layers > 1:
+            raise UsageError("attribution of a model whose keys read the embeddings through a norm is not "
+                             "supported: the gradients of their K edges would pass the residual stream's "
+                             "normalisation, not the one the keys use (a model without norms, as circuitry train "
+                             "makes, works)")

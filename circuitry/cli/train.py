@@ -24,7 +24,8 @@ from circuitry.ioi.language import TEMPLATE_SETS
 # command names --steps, --seed and --out always, other options when they differ from the task's default.
 DEFAULTS = {
     "induction": {"steps": 1500, "out": "runs/attn-only", "layers": 2, "heads": 4, "d_model": 64,
-                  "weight_decay": 0.3, "checkpoint_every": None},
+                  "weight_decay": 0.3, "checkpoint_every": None, "block_k_composition": False,
+                  "smeared_keys": False},
     "ioi": {"steps": 3000, "out": "runs/ioi-toy", "layers": 4, "heads": 4, "d_model": 64, "d_mlp": None,
             "weight_decay": 0.1, "lr": 3e-3, "lr_final": 0.1, "answer_weight": 20.0, "templates": "any-order",
             "checkpoint_every": None},
@@ -69,6 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also save numbered checkpoints every N steps under OUT/checkpoints (each with its "
                         "optimizer state, so the run can be resumed)")
+    p.add_argument("--block-k-composition", action="store_true", default=None,
+                   help="induction only: the keys of heads in layers >= 1 read only the embeddings (token + "
+                        "position), not the outputs of earlier layers, so no head can K-compose with another "
+                        "(queries and values read the residual stream as usual); recorded in the model's config")
+    p.add_argument("--smeared-keys", action="store_true", default=None,
+                   help="induction only: each head's key at position j becomes sigmoid(a) k_j + (1 - sigmoid(a)) "
+                        "k_{j-1} with a learnable a per head (Olsson et al. 2022's smeared keys; starting at "
+                        "sigmoid(a) = 0.9); recorded in the model's config")
     p.add_argument("--resume", default=None, metavar="DIR_or_CHECKPOINT",
                    help="continue an induction run from its last checkpoint (a run directory, its checkpoints/ "
                         "directory, or one step-N.safetensors file): weights, optimizer state, data generator and "
@@ -96,7 +105,8 @@ def recorded_command(args: argparse.Namespace) -> str:
         parts += ["--" + name, str(values[name])]
     for name, default in DEFAULTS[args.task].items():
         if name not in ALWAYS and values[name] != default:
-            parts += ["--" + name.replace("_", "-"), str(values[name])]
+            flag = "--" + name.replace("_", "-")
+            parts += [flag] if values[name] is True else [flag, str(values[name])]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -104,7 +114,7 @@ def seed_of(args: argparse.Namespace) -> int:
     return args.seed if args.seed is not None else 0
 
 
-RESUME_KEEPS = ("layers", "heads", "d_model", "weight_decay", "seed")
+RESUME_KEEPS = ("layers", "heads", "d_model", "weight_decay", "seed", "block_k_composition", "smeared_keys")
 
 
 def resume_args(args: argparse.Namespace):
@@ -127,6 +137,8 @@ def resume_args(args: argparse.Namespace):
     same = argparse.Namespace(**{**vars(args), "steps": recipe.steps, "seed": recipe.seed, "layers": recipe.n_layers,
                                  "heads": recipe.n_heads, "d_model": recipe.d_model,
                                  "weight_decay": recipe.weight_decay, "checkpoint_every": recipe.checkpoint_every,
+                                 "block_k_composition": recipe.block_k_composition,
+                                 "smeared_keys": recipe.smeared_keys,
                                  "out": args.out if args.out is not None else str(Path(run_dir))})
     return point, same
 
@@ -135,7 +147,8 @@ def _run_induction(o: dict, seed: int, on_step, command: str, resume=None):
     from circuitry.train import TrainRecipe, train
 
     recipe = TrainRecipe(steps=o["steps"], seed=seed, n_layers=o["layers"], n_heads=o["heads"],
-                         d_model=o["d_model"], weight_decay=o["weight_decay"], checkpoint_every=o["checkpoint_every"])
+                         d_model=o["d_model"], weight_decay=o["weight_decay"], checkpoint_every=o["checkpoint_every"],
+                         block_k_composition=o["block_k_composition"], smeared_keys=o["smeared_keys"])
     return recipe.steps, lambda: train(recipe, out=o["out"], on_step=on_step, command=command, resume=resume)
 
 

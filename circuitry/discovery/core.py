@@ -413,8 +413,9 @@ def _prune_edges(sweeper: _Sweeper, nodes: PruneOutcome, ratio: Callable, how: s
     pruned greedily from the node circuit's fraction."""
     outside = list(nodes.removed)
     kept_heads = [n for n in nodes.kept if n.is_head]
+    cfg = sweeper.model.cfg
     candidates = [Edge(s, r, k) for r in kept_heads for s in nodes.kept if s.layer < r.layer
-                  for k in ("Q", "K", "V")]
+                  for k in ("Q", "K", "V") if not (k == "K" and cfg.keys_read_embeddings(r.layer))]
     candidates.sort(key=lambda e: _weakest_first(ratio(e.sender, e.receiver, e.kind)))
 
     def eval_edges(sets: list[tuple]) -> list[float]:

@@ -21,6 +21,9 @@ An attention layer's constant output is b_O + sum_h (ln1.b @ W_V + b_V) @ W_O
 (attention rows sum to 1). The remainder is computed by propagating the
 higher-order residual through every head, not as "logits minus the rest",
 so that the sum of the terms matching the logits is a real check.
+Keys enter only through the frozen patterns, so models whose keys read the
+embeddings (`ModelConfig.key_input`) or are smeared (`ModelConfig.smeared_keys`)
+decompose exactly as well: their terms are the same paths, through values.
 
 A projection onto a logit direction (`project`) never forms a [batch, pos,
 d_vocab] tensor per term: the direction is pulled back through W_U and the

@@ -3,7 +3,9 @@
 Nodes are the components that write to or read from the residual stream
 (`embed`, `pos_embed`, `L{l}H{h}`, `M{l}`, `logits`); each edge `A -> B` says
 that B reads what A wrote, labelled by the input it feeds: `Q`, `K`, `V` of a
-head, `mlp_in` of an MLP, `direct` into the logits. The graph is a
+head, `mlp_in` of an MLP, `direct` into the logits. In a model whose keys read
+the embeddings (`ModelConfig.key_input` "embeddings"), the heads of layers >= 1
+have K edges from `embed` and `pos_embed` only. The graph is a
 `networkx.MultiDiGraph` (a subclass of `DiGraph`) because one pair of nodes
 can be joined by up to three edges (Q, K and V); the edge key is the kind, so
 `g.edges["L0H0", "L1H1", "K"]` is the K-edge. Detector scores attach as node
@@ -63,7 +65,7 @@ class ResidualGraph(nx.MultiDiGraph):
     def _build(self, cfg: ModelConfig) -> None:
         self.graph.update(model=cfg.name, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model,
                           attn_only=cfg.attn_only, parallel_attn_mlp=cfg.parallel_attn_mlp,
-                          positional=cfg.positional)
+                          positional=cfg.positional, key_input=cfg.key_input)
         writers = ["embed"]
         self.add_node("embed", kind="embed", layer=None, head=None)
         if cfg.positional == "learned":
@@ -71,10 +73,13 @@ class ResidualGraph(nx.MultiDiGraph):
             writers.append("pos_embed")
         for layer in range(cfg.n_layers):
             heads = [head_name(layer, h) for h in range(cfg.n_heads)]
+            blocked = cfg.keys_read_embeddings(layer)
             for h, name in enumerate(heads):
                 self.add_node(name, kind="head", layer=layer, head=h)
                 for src in writers:
                     for kind in ("Q", "K", "V"):
+                        if kind == "K" and blocked and src not in ("embed", "pos_embed"):
+                            continue  # these keys read only the embeddings: no K edge from a head or MLP
                         self.add_edge(src, name, key=kind, kind=kind)
             if cfg.attn_only:
                 writers += heads
@@ -198,7 +203,8 @@ class ResidualGraph(nx.MultiDiGraph):
                     kind = edge[2]
                     check_kind(kind)
                     if not self.has_edge(u, v, kind):
-                        raise UsageError(f"no edge {u} -> {v} ({kind}) in the graph: {self._why_no_edge(u, v)}")
+                        raise UsageError(f"no edge {u} -> {v} ({kind}) in the graph: "
+                                         f"{self._why_no_edge(u, v, kind)}")
                     chosen.append((u, v, kind))
                 else:
                     keys = list(self.get_edge_data(u, v, default={}))
@@ -219,9 +225,13 @@ class ResidualGraph(nx.MultiDiGraph):
             sub.add_edge(u, v, key=k, **self.edges[u, v, k])
         return sub
 
-    def _why_no_edge(self, u: str, v: str) -> str:
+    def _why_no_edge(self, u: str, v: str, kind: str | None = None) -> str:
         ku, kv = self.nodes[u].get("kind"), self.nodes[v].get("kind")
         lu, lv = self.nodes[u].get("layer"), self.nodes[v].get("layer")
+        if (kind == "K" and kv == "head" and self.graph.get("key_input") == "embeddings" and lv >= 1
+                and lu is not None and lu < lv):
+            return (f"the keys of layer {lv} read only the embeddings (key_input 'embeddings': K-composition is "
+                    f"blocked)")
         if kv in ("embed", "pos_embed"):
             return f"{v} reads nothing"
         if ku == "logits":

@@ -26,6 +26,7 @@ ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 QK_NORMS = (None, "head", "projection")
 ATTN_TYPES = ("global", "local")
 ROPE_KINDS = ("linear", "dynamic", "llama3", "longrope")
+KEY_INPUTS = ("residual", "embeddings")
 LAYER_OVERHEAD = 64 * 2**10  # bytes of Python objects (modules, hook points) per block
 MAX_INT = 2**63  # sizes must fit torch's int64
 
@@ -199,6 +200,8 @@ class ModelConfig:
     attn_scores_soft_cap: float | None = None
     output_logits_soft_cap: float | None = None
     bos_token_id: int | None = None
+    key_input: str = "residual"
+    smeared_keys: bool = False
     name: str = "model"
 
     def __post_init__(self) -> None:
@@ -236,7 +239,7 @@ class ModelConfig:
 
     def _problem_in_choices(self) -> str | None:
         for f, choices in (("normalization", NORMALIZATIONS), ("positional", POSITIONALS), ("act_fn", ACTIVATIONS),
-                           ("qk_norm", QK_NORMS)):
+                           ("qk_norm", QK_NORMS), ("key_input", KEY_INPUTS)):
             v = getattr(self, f)
             if not (v is None or isinstance(v, str)) or v not in choices:
                 return f"{f} must be one of {choices}, got {show(v)}"
@@ -264,7 +267,7 @@ class ModelConfig:
 
     def _problem_in_flags(self) -> str | None:
         for f in ("gated_mlp", "parallel_attn_mlp", "attn_bias", "mlp_bias", "unembed_bias", "tied_embeddings",
-                  "pre_norms", "post_norms"):
+                  "pre_norms", "post_norms", "smeared_keys"):
             if not isinstance(getattr(self, f), bool):
                 return f"{f} must be true or false, got {show(getattr(self, f))}"
         if self.attn_out_bias is not None and not isinstance(self.attn_out_bias, bool):
@@ -297,6 +300,7 @@ class ModelConfig:
         per_norm = (norm if self.pre_norms else 0) + ({"LN": 2 * d, "RMS": d}[self.post_norm_kind]
                                                       if self.post_norms else 0)
         attn += {"head": 2 * dh, "projection": (h + kv) * dh}.get(self.qk_norm or "", 0)
+        attn += h if self.smeared_keys else 0  # one smear parameter per head
         block = attn + per_norm
         if not self.attn_only:
             m = self.d_mlp or 0
@@ -345,6 +349,11 @@ class ModelConfig:
     def post_norm_kind(self) -> str:
         """The kind of ln1_post / ln2_post: weighted LayerNorm for LN models, else RMSNorm."""
         return "LN" if self.normalization in ("LN", "LNPre") else "RMS"
+
+    def keys_read_embeddings(self, layer: int) -> bool:
+        """Whether the keys of `layer`'s heads read only the embeddings (key_input "embeddings", layer >= 1):
+        no earlier head or MLP reaches them, so there is no K edge from one into them."""
+        return self.key_input == "embeddings" and layer >= 1
 
     def is_local(self, layer: int) -> bool:
         """Whether `layer` is a local (sliding-window) layer of a model with per-layer attention types."""

@@ -93,7 +93,7 @@ _LAYER_TYPES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "at
 _ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
             "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
 # the per-head inputs (q_input ...) sit in `attn` here; TransformerLens puts them in the block
-_IN_ATTN = {"k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores", "q_input", "k_input",
+_IN_ATTN = {"k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores", "q_input", "k_input", "k_smeared",
             "v_input"}
 _IN_MLP = {"pre", "post", "mid", "pre_linear"}
 _NORM = {"scale", "normalized"}

@@ -22,6 +22,9 @@ def wide(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+SMEAR_INIT = math.log(9.0)  # the smear parameter's start: sigmoid(ln 9) = 0.9 of the key's own position
+
+
 def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.zeros(*shape))
 
@@ -163,6 +166,22 @@ class Attention(nn.Module):
     `hook_result` [batch, pos, head, d_model] (each head's z @ W_O, before
     b_O) is only materialised when a hook is attached.
     `layer` picks the layer's attention window (`cfg.window(layer)`).
+
+    Keys that read the embeddings (`cfg.keys_read_embeddings(layer)`, key_input
+    "embeddings"): `forward` gets `key_resid`, the residual stream entering layer
+    0, and the keys project ln1(key_resid) instead of ln1(resid); `hook_k_input`
+    then carries that stream. Its normalisation has no hook point of its own
+    (ln1's `hook_scale` is the scale of the residual stream queries and values read).
+
+    Smeared keys (`cfg.smeared_keys`, Olsson et al. 2022, "In-context Learning and
+    Induction Heads", the smeared-key architecture): per head a learnable scalar
+    alpha_h (`smear_alpha` [head]) and, at key position j > 0,
+    k'_j = sigmoid(alpha_h) k_j + (1 - sigmoid(alpha_h)) k_{j-1}; k'_0 = k_0.
+    The smear acts on the keys the scores read (after QK-norm and rotary);
+    `hook_k` keeps the projection of each position's own input and
+    `hook_k_smeared` [batch, pos, head, d_head] holds the smeared keys.
+    alpha_h starts at ln 9 (sigmoid 0.9: a tenth of the previous key), so the smear
+    starts small and training decides how much of it each head uses.
     """
 
     hook_q_input: HookPoint
@@ -177,6 +196,7 @@ class Attention(nn.Module):
     hook_pattern: HookPoint
     hook_z: HookPoint
     hook_result: HookPoint
+    hook_k_smeared: HookPoint
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -194,6 +214,9 @@ class Attention(nn.Module):
         if cfg.qk_norm is not None:
             self.q_norm = QKNorm(cfg.qk_norm, h, dh, cfg.norm_eps)
             self.k_norm = QKNorm(cfg.qk_norm, kv, dh, cfg.norm_eps)
+        if cfg.smeared_keys:
+            self.smear_alpha = nn.Parameter(torch.full((h,), SMEAR_INIT))  # [head]
+            self.hook_k_smeared = HookPoint()
 
     def _bias(self, name: str) -> torch.Tensor | None:
         return getattr(self, name, None)
@@ -222,12 +245,27 @@ class Attention(nn.Module):
                 b = None if b is None else b.repeat_interleave(rep, 0)
         return (out if b is None else out + b), full
 
+    def smear(self, k: torch.Tensor) -> torch.Tensor:
+        """Smeared keys [batch, pos, head, d_head]: sigmoid(alpha_h) k_j + (1 - sigmoid(alpha_h)) k_{j-1}, and k_0
+        at position 0 (see the class docstring)."""
+        s = torch.sigmoid(self.smear_alpha.to(wide(k.dtype))).to(k.dtype)[None, None, :, None]
+        prev = torch.cat([k[:, :1], k[:, :-1]], dim=1)  # k_{j-1}, and k_0 itself at position 0
+        return s * k + (1 - s) * prev
+
     def forward(self, resid: torch.Tensor, norm: Norm,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                key_resid: torch.Tensor | None = None) -> torch.Tensor:
+        """resid [batch, pos, d_model]: the residual stream entering the layer; key_resid: the stream the keys
+        read instead (the embeddings, for keys that read them), None: resid."""
         normed = norm(resid)  # [batch, pos, d_model]
         q_norm, k_norm = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
         q, q_full = self._project(resid, normed, norm, self.hook_q_input, self.W_Q, self._bias("b_Q"), q_norm)
-        k, k_full = self._project(resid, normed, norm, self.hook_k_input, self.W_K, self._bias("b_K"), k_norm)
+        if key_resid is None:
+            k_resid, k_normed = resid, normed
+        else:
+            k_resid = key_resid.to(resid.device)
+            k_normed = norm(k_resid, hooked=False)
+        k, k_full = self._project(k_resid, k_normed, norm, self.hook_k_input, self.W_K, self._bias("b_K"), k_norm)
         q, k = self.hook_q(q), self.hook_k(k)  # [batch, pos, head, d_head]
         v = self.hook_v(self._project(resid, normed, norm, self.hook_v_input, self.W_V, self._bias("b_V"))[0])
         if q_norm is not None and k_norm is not None:
@@ -236,6 +274,8 @@ class Attention(nn.Module):
         if rotary is not None:
             q = self.hook_rot_q(apply_rotary(q, *rotary))
             k = self.hook_rot_k(apply_rotary(k, *rotary))
+        if self.cfg.smeared_keys:
+            k = self.hook_k_smeared(self.smear(k))
         n = q.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.cfg.scale  # [batch, head, q, k]
         cap = self.cfg.attn_scores_soft_cap
@@ -305,7 +345,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.layer = cfg, layer
         self.ln1 = Norm(cfg.pre_norm_kind, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
@@ -320,9 +360,21 @@ class Block(nn.Module):
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()
 
-    def forward(self, resid: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, resid: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                embed: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual stream after the block [batch, pos, d_model]; embed: the stream entering layer 0, which
+        the keys read when they read the embeddings (`cfg.keys_read_embeddings`)."""
+        return self.run(resid, rotary, embed)[0]
+
+    def run(self, resid: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+            embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`'s output and the block's input as `hook_resid_pre` left it."""
         resid = self.hook_resid_pre(resid)  # [batch, pos, d_model]
-        attn_out = self.attn(resid, self.ln1, rotary)
+        key_resid = embed if self.cfg.keys_read_embeddings(self.layer) else None
+        return self._body(resid, self.attn(resid, self.ln1, rotary, key_resid)), resid
+
+    def _body(self, resid: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input and its attention's output (post-norm, hooks, MLP)."""
         if self.cfg.post_norms:
             attn_out = self.ln1_post(attn_out)
         attn_out = self.hook_attn_out(attn_out)

@@ -24,7 +24,7 @@ from torch import nn
 from circuitry.errors import InputError, UsageError, did_you_mean
 from circuitry.model.config import ModelConfig
 from circuitry.model.hooks import ActivationCache, HookFn, HookPoint
-from circuitry.model.layers import Block, Norm, init_normal_, rotary_tables
+from circuitry.model.layers import SMEAR_INIT, Block, Norm, init_normal_, rotary_tables
 
 if TYPE_CHECKING:
     from circuitry.factored import FactoredMatrix
@@ -101,12 +101,14 @@ class HookedTransformer(nn.Module):
                 self.hook_dict[name] = mod
 
     def materialise(self, dtype: torch.dtype, device: str | torch.device) -> None:
-        """Give every parameter still on the meta device real memory: ones for norm weights, zeros else."""
+        """Give every parameter still on the meta device real memory: ones for norm weights, the smear's start
+        for smeared keys (`layers.SMEAR_INIT`), zeros else."""
         for mod in self.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None and p.is_meta:
-                    fill = torch.ones if isinstance(mod, Norm) and name == "w" else torch.zeros
-                    mod._parameters[name] = nn.Parameter(fill(p.shape, dtype=dtype, device=device),
+                    norm_weight = isinstance(mod, Norm) and name == "w"
+                    value = SMEAR_INIT if name == "smear_alpha" else 1.0 if norm_weight else 0.0
+                    mod._parameters[name] = nn.Parameter(torch.full(p.shape, value, dtype=dtype, device=device),
                                                          requires_grad=p.requires_grad)
 
     @property
@@ -158,16 +160,17 @@ class HookedTransformer(nn.Module):
         return tokens.long().to(self.device)
 
     # ---------------------------------------------------------------- forward
-    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(self, tokens: torch.Tensor, hooked: bool = True) -> torch.Tensor:
         """The residual stream entering block 0 [batch, pos, d_model]. `hook_embed` includes `cfg.embed_scale`
-        (rounded to the model's dtype first, as transformers does for Gemma)."""
+        (rounded to the model's dtype first, as transformers does for Gemma). `hooked=False`: past the hook
+        points, untouched by their hooks."""
         emb = self.embed.W_E[tokens]
         if self.cfg.embed_scale is not None:
             emb = emb * float(torch.tensor(self.cfg.embed_scale, dtype=emb.dtype))  # a Python number: no copy
-        resid = self.hook_embed(emb)
+        resid = self.hook_embed(emb) if hooked else emb
         if self.cfg.positional == "learned":
-            pos = self.pos_embed.W_pos[: tokens.shape[1]]
-            resid = resid + self.hook_pos_embed(pos.expand(tokens.shape[0], -1, -1))
+            pos = self.pos_embed.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1)
+            resid = resid + (self.hook_pos_embed(pos) if hooked else pos)
         return resid
 
     def forward(self, tokens: torch.Tensor | Sequence | str, return_type: str | None = "logits", *,
@@ -178,7 +181,10 @@ class HookedTransformer(nn.Module):
 
         With `start_at_layer=l` and `resid` (the residual stream entering block
         l), the run skips the earlier layers; with `stop_at_layer=l` it returns
-        the residual stream entering block l instead of logits.
+        the residual stream entering block l instead of logits. When the keys read
+        the embeddings (`cfg.key_input` "embeddings"), they read the stream entering
+        block 0 as its `hook_resid_pre` leaves it; a run that starts at a later
+        layer computes it from the tokens past the embedding hooks.
         """
         if return_type not in RETURN_TYPES:
             raise UsageError(f"return_type must be one of {', '.join(map(repr, RETURN_TYPES))}, got {return_type!r}")
@@ -195,8 +201,16 @@ class HookedTransformer(nn.Module):
         if rotary is not None and self.cfg.rotary_base_local is not None:  # local layers rotate with their own base
             cos, sin = rotary_tables(self.cfg, tokens.shape[1], resid.device, local=True)
             local_rotary = cos.to(resid.dtype), sin.to(resid.dtype)
+        embed = None  # the stream entering layer 0, for keys that read the embeddings (cfg.key_input)
+        if self.cfg.key_input == "embeddings" and start_at_layer > 0:
+            embed = self.embed_tokens(tokens, hooked=False)  # as a run from the start computes it (unpatched)
         for l in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
-            resid = self.blocks[l](resid, local_rotary if self.cfg.is_local(l) else rotary)
+            rot = local_rotary if self.cfg.is_local(l) else rotary
+            if self.cfg.key_input == "embeddings" and l == 0:
+                first: Block = self.blocks[0]  # type: ignore[assignment]
+                resid, embed = first.run(resid, rot)  # (as hook_resid_pre leaves it)
+            else:
+                resid = self.blocks[l](resid, rot, embed)
         if stop_at_layer is not None:
             return resid
         logits = self.unembed_resid(self.ln_final(resid))

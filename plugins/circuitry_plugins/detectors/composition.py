@@ -30,6 +30,14 @@ alone zero) the score is defined as 0.0 rather than 0/0. Each factor is
 divided by its own norm before the product is formed (a zero factor stays
 zero), so scores are finite for finite weights and do not depend on the
 heads' scale; the tensor entries with l1 >= l2 (no such edge) are NaN.
+
+A model whose keys read only the embeddings (`ModelConfig.key_input`
+"embeddings", `circuitry train --block-k-composition`): nothing an earlier
+head writes reaches the keys of a later one, so every K score is 0.0 (the
+path is structurally zero; the residual graph has no such K edge). Smeared
+keys (`ModelConfig.smeared_keys`) read both positions through the same W_K,
+so the K score keeps its formula and measures what the writer's output
+means to the keys at either position.
 """
 
 from __future__ import annotations
@@ -228,8 +236,8 @@ def block_sizes(cfg, budget: int | None = None) -> tuple[int, int]:
 
 def composition_scores(model, budget: int | None = None) -> dict[str, torch.Tensor]:
     """kind -> [layer, head, layer, head] scores from (l1, h1) to (l2, h2); NaN unless l1 < l2
-    (0 for a pair where either head's matrix is zero). Float32, computed block by block (see the
-    module docstring); `budget` (bytes) overrides the memory budget."""
+    (0 for a pair where either head's matrix is zero, and K scores 0 when the keys read only the embeddings).
+    Float32, computed block by block (see the module docstring); `budget` (bytes) overrides the memory budget."""
     cfg = model.cfg
     L, H = cfg.n_layers, cfg.n_heads
     n = L * H
@@ -251,6 +259,8 @@ def composition_scores(model, budget: int | None = None) -> dict[str, torch.Tens
             del readers
     layer = torch.arange(n) // H
     later = layer[:, None] < layer[None, :]  # [writer, reader]: an edge exists
+    if cfg.key_input == "embeddings":  # the keys of every reader (layer >= 1) read only the embeddings
+        flat["K"] = torch.zeros_like(flat["K"])
     return {k: torch.where(later, s, torch.nan).reshape(L, H, L, H) for k, s in flat.items()}
 
 
