@@ -175,17 +175,18 @@ def test_table_on_the_tiny_run(cli, run_dir, capsys):  # noqa: F811
 
 def test_a_given_loss_curve_with_a_bump(cli, run_dir, tmp_path, capsys):  # noqa: F811
     """--loss: a synthetic curve of 1500 steps with its bump at step 1400; the phase change of the tiny run
-    is at step 1500, so the distance is the bump's step - 1500."""
+    (steps 4 and 1500 of it) is at step 1500, so the distance is the bump's step - 1500."""
     losses = curve(1500, 1400, noise=0.1, seed=3)
     path = tmp_path / "curve.json"
     path.write_text(json.dumps({"step": list(range(1, 1501)), "loss": losses}))
-    assert cli(["track", str(run_dir), "--loss", str(path), "--json"]) == 0
+    ckpts = [str(_ckpt(run_dir, 4)), str(_ckpt(run_dir, 1500))]
+    assert cli(["track", *ckpts, "--loss", str(path), "--json"]) == 0
     lc = json.loads(capsys.readouterr().out)["loss_curve"]
     assert lc["path"] == str(path) and lc["no_bump_reason"] is None
     bump = lc["bump"]
     assert abs(bump["step"] - 1400) <= 25 and bump["start"] < 1400 < bump["end"]
     assert lc["bump_minus_phase_change"] == bump["step"] - 1500
-    assert cli(["track", str(run_dir), "--loss", str(path)]) == 0
+    assert cli(["track", *ckpts, "--loss", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"the bump is {1500 - bump['step']} steps before the phase-change step" in out
     assert f"│ loss bump       │ {bump['step']} │ {bump['start']}..{bump['end']} │" in out
@@ -233,11 +234,12 @@ def test_loss_plot(cli, run_dir, tmp_path, capsys, mpl):  # noqa: F811
     path = tmp_path / "curve.json"
     path.write_text(json.dumps({"step": list(range(1, 1501)), "loss": losses}))
     png = tmp_path / "phase.png"
-    assert cli(["track", str(run_dir), "--loss", str(path), "--plot", str(png), "--json"]) == 0
+    ckpts = [_ckpt(run_dir, 4), _ckpt(run_dir, 1500)]
+    assert cli(["track", *map(str, ckpts), "--loss", str(path), "--plot", str(png), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["loss_plot"] == str(tmp_path / "phase-loss.png") == str(loss_plot_path(png))
     assert (tmp_path / "phase-loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    res = track([run_dir], loss_file=path)
+    res = track(ckpts, loss_file=path)
     fig = loss_figure(res)
     ax, ax2 = fig.axes
     lines = {ln.get_label(): ln for ln in ax.lines}
@@ -248,8 +250,7 @@ def test_loss_plot(cli, run_dir, tmp_path, capsys, mpl):  # noqa: F811
     assert ax.get_ylim()[0] == 0 and ax2.get_ylim()[0] == 0 and ax2.get_xlim() == (0.5, 63.5)
     shown = {ln.get_label(): list(ln.get_ydata()) for ln in ax2.lines if ln.get_label().startswith("step")}
     by_step = {s.step: list(s.loss_by_token) for s in res.checkpoints}
-    assert shown == {"step 0 (first)": by_step[0], "step 4 (before)": by_step[4],
-                     "step 1500 (after, last)": by_step[1500]}
+    assert shown == {"step 4 (first, before)": by_step[4], "step 1500 (after, last)": by_step[1500]}
     assert f"bump at step {bump.step}" in ax.get_title() and "induction heads form at step 1500" in ax.get_title()
     assert f"the bump comes {1500 - bump.step} steps before it" in ax.get_title()
     assert "loss by token index" in ax2.get_title()
