@@ -99,11 +99,12 @@ def find_loss_bump(losses: Sequence[float | None], steps: Sequence[int] | None =
         if v is None or not math.isfinite(v):
             where = steps[i] if steps is not None and i < len(steps) else i + 1
             return None, f"the loss is not finite at step {where} (a diverged run)"
+    values = [float(v) for v in losses if v is not None]  # every one of them (checked above)
     try:
-        c = smooth([float(v) for v in losses if v is not None], steps)
+        c = smooth(values, steps)
     except ValueError as exc:
         return None, str(exc)
-    total = (sum(losses[: c.window]) - sum(losses[-c.window:])) / c.window  # type: ignore[arg-type]
+    total = (sum(values[: c.window]) - sum(values[-c.window:])) / c.window
     if total <= 0:
         return None, "the loss does not fall over the run"
     excess = [r - p for r, p in zip(c.rate, c.plateau)]
