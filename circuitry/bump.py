@@ -38,7 +38,7 @@ from circuitry.jsonable import finite_or_none
 
 MIN_STEPS = 50
 MIN_ACCELERATION = 3.0  # the peak descent rate over the plateau rate
-MIN_DROP_FRACTION = 0.1  # the bump's excess drop over the smoothed loss's whole fall
+MIN_DROP_FRACTION = 0.2  # the bump's excess drop over the smoothed loss's whole fall
 
 
 @dataclass(frozen=True)

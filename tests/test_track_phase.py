@@ -73,7 +73,7 @@ def test_bump_of_a_noisy_curve(seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_no_bump_in_a_power_law(seed):
     b, why = find_loss_bump(curve(1500, None, noise=0.2, seed=seed))
-    assert b is None and "of its whole fall (a bump needs 10%)" in why
+    assert b is None and "of its whole fall (a bump needs 20%)" in why
     b, why = find_loss_bump(curve(1500, None))  # noiseless: the descent only slows
     assert b is None and why == "the descent never speeds up (it only slows down)"
 
@@ -285,3 +285,13 @@ def check_bump_near_the_phase_change(run: Path) -> tuple[int, int]:
 def test_loss_bump_near_the_phase_change_of_the_real_run(full_run):  # noqa: F811
     bump, change = check_bump_near_the_phase_change(full_run)
     assert (bump, change) == (552, 600)  # measured on seed 0
+
+
+@pytest.mark.slow
+def test_no_bump_in_a_one_layer_run():
+    """One layer cannot make induction heads: its loss only slows (measured: the largest speed-up, at step 1319,
+    drops the loss by 0.145 nats beyond its plateau, 10% of its whole fall)."""
+    from circuitry.train import TrainRecipe, train
+
+    b, why = find_loss_bump(train(TrainRecipe(steps=1500, n_layers=1)).losses)
+    assert b is None and "(a bump needs 20%)" in why
