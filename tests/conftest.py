@@ -97,6 +97,17 @@ def no_matplotlib(monkeypatch):
 
 # ------------------------------------------------------------------ models
 @pytest.fixture(scope="session")
+def full_run(tmp_path_factory):
+    """The real run: 1500 steps of the default recipe (seed 0), a checkpoint every 100; trained once per
+    session for the slow tests that read it (track, verify --checkpoints, the loss bump)."""
+    from circuitry.train import TrainRecipe, train
+
+    out = tmp_path_factory.mktemp("full-run")
+    train(TrainRecipe(steps=1500, checkpoint_every=100), out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shipped():
     """The embedded default model, builtin:attn-only-2l."""
     from circuitry.sources import load_model

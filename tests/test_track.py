@@ -54,14 +54,6 @@ def run_dir(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    """The real run: 1500 steps of the default recipe, a checkpoint every 100 (slow tests only)."""
-    out = tmp_path_factory.mktemp("full-run")
-    train(TrainRecipe(steps=1500, checkpoint_every=100), out=out)
-    return out
-
-
 def test_phase_change_between_a_tiny_run_and_the_shipped_model(cli, run_dir, capsys):
     assert cli(["track", str(run_dir), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

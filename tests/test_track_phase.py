@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_track import _ckpt, cli, full_run, run_dir  # noqa: F401 - fixtures shared with test_track
+from test_track import _ckpt, cli, run_dir  # noqa: F401 - fixtures shared with test_track
 
 from circuitry import track as track_module
 from circuitry.bump import MIN_STEPS, find_loss_bump, loss_bump
@@ -282,7 +282,7 @@ def check_bump_near_the_phase_change(run: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_loss_bump_near_the_phase_change_of_the_real_run(full_run):  # noqa: F811
+def test_loss_bump_near_the_phase_change_of_the_real_run(full_run):
     bump, change = check_bump_near_the_phase_change(full_run)
     assert (bump, change) == (552, 600)  # measured on seed 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_track import SHIPPED, full_run  # noqa: F401 - full_run: the 1500-step run, a fixture
+from test_track import SHIPPED
 
 import circuitry.datasets
 import circuitry.sources
@@ -249,7 +249,7 @@ def test_several_specs_end_with_one_summary_line(capsys):
 
 # ------------------------------------------------------------------ the real run (slow)
 @pytest.mark.slow
-def test_first_passing_checkpoint_is_consistent_with_track(full_run, capsys):  # noqa: F811
+def test_first_passing_checkpoint_is_consistent_with_track(full_run, capsys):
     """Rule, from the definitions: the spec's data is track's repeated data (64 x 10 x 2, seed 1), and both use
     the same detectors, so at every checkpoint the spec's per-head induction and previous-token scores include
     track's best head's score exactly when that head is in the spec, and the induction-heads check (every
