@@ -99,9 +99,13 @@ def no_matplotlib(monkeypatch):
 @pytest.fixture(scope="session")
 def full_run(tmp_path_factory):
     """The real run: 1500 steps of the default recipe (seed 0), a checkpoint every 100; trained once per
-    session for the slow tests that read it (track, verify --checkpoints, the loss bump)."""
+    session for the slow tests that read it (track, verify --checkpoints, the loss bump).
+    CIRCUITRY_TEST_FULL_RUN=DIR reuses a run that `circuitry train --steps 1500 --checkpoint-every 100` wrote."""
     from circuitry.train import TrainRecipe, train
 
+    given = os.environ.get("CIRCUITRY_TEST_FULL_RUN")
+    if given:
+        return Path(given)
     out = tmp_path_factory.mktemp("full-run")
     train(TrainRecipe(steps=1500, checkpoint_every=100), out=out)
     return out
