@@ -332,10 +332,10 @@ def one_layer_circuits(models: Sequence[HookedTransformer], seeds: Sequence[int]
         top = best[4]
         details.append({"copying_head": best[0], "top_ov_pair": {"source": top.source, "output": top.output,
                                                                  "value": top.value}})
-    nums = (Number("best copying score (Σλ/Σ|λ| of W_E W_OV W_U)", tuple(copy)),
+    nums = (Number("best copying score (sum of eigenvalues / sum of their moduli)", tuple(copy)),
             Number("own token tops its OV row (best copying head)", tuple(diag)),
             Number("largest positional previous-token weight", tuple(prev)),
-            Number("max |logits - path expansion|", tuple(err)))
+            Number("max abs(logits - path expansion)", tuple(err)))
     ok = _all([c > 0.5 and e < 1e-3 for c, e in zip(copy, err)])
     why = ("the path expansion of the one-layer model matches its logits to float precision, and its end-to-end "
            "OV circuits are copying circuits (positive eigenvalues): what a one-layer head can do is read off "

@@ -85,19 +85,28 @@ def _recorded(path: Path) -> dict | None:
         return None
 
 
-def _complete(spec: RunSpec, path: Path) -> bool:
-    """The directory holds this run, finished and tracked."""
+def _trained(spec: RunSpec, path: Path) -> bool:
+    """The directory holds this run, trained to the end (its train.json records the same recipe)."""
     from circuitry.train import TrainRecipe
 
     rec = _recorded(path)
-    if rec is None or not (path / "track.json").is_file():
+    if rec is None:
         return False
     want = dataclasses.asdict(TrainRecipe(**spec.recipe_fields()))
     return json.loads(json.dumps(want)) == rec.get("recipe")
 
 
+def _complete(spec: RunSpec, path: Path) -> bool:
+    """Trained and tracked (track.json, and track.png when matplotlib is installed)."""
+    from circuitry.report import plots
+
+    pictures = (path / "track.png").is_file() or not plots.available()
+    return _trained(spec, path) and (path / "track.json").is_file() and pictures
+
+
 def _train_one(spec: RunSpec, path: str) -> str:
-    """In a worker process: train the run with one thread, track its checkpoints, write track.json."""
+    """In a worker process: train the run with one thread (unless it is trained), track its checkpoints, write
+    track.json and track.png."""
     import torch
 
     torch.set_num_threads(1)
@@ -106,8 +115,8 @@ def _train_one(spec: RunSpec, path: str) -> str:
     from circuitry.track import plot_track, track
     from circuitry.train import TrainRecipe, train
 
-    recipe = TrainRecipe(**spec.recipe_fields())
-    train(recipe, out=path, command=f"circuitry article (run {spec.name})")
+    if not _trained(spec, Path(path)):
+        train(TrainRecipe(**spec.recipe_fields()), out=path, command=f"circuitry article (run {spec.name})")
     result = track([path])
     from circuitry.report import plots
 
