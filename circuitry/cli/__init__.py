@@ -37,6 +37,7 @@ COMMANDS = {
     "patch": "circuitry.cli.patch",
     "attribute": "circuitry.cli.attribute",
     "e2e": "circuitry.cli.e2e",
+    "article": "circuitry.cli.article",
 }
 VERSION = f"circuitry {__version__}"
 
