@@ -139,7 +139,7 @@ def measure_memory(job: str, args) -> dict:
             per_pass = max(1, pass_rows(model.cfg, *tokens.shape) // tokens.shape[0])
             for l in layers:  # one full pass per layer
                 nodes = [Node(l, h) for h in range(min(per_pass, model.cfg.n_heads))]
-                run_interventions(model, clean, [Ablation(n) for n in nodes], lambda lg, t: model.loss(t, lg))
+                run_interventions(model, clean, [Ablation(n) for n in nodes], lambda lg, t, _=None: model.loss(t, lg))
     sync(args.device)
     out["peak_kb"] = memory_now(args.device)[1]
     return out
@@ -182,7 +182,7 @@ def time_layer(model, tokens: torch.Tensor, clean, layer: int, device: str) -> d
         inside += last - now
 
     t0 = last = time.perf_counter()
-    res = run_interventions(model, clean, [Ablation(n) for n in nodes], lambda lg, t: model.loss(t, lg),
+    res = run_interventions(model, clean, [Ablation(n) for n in nodes], lambda lg, t, _=None: model.loss(t, lg),
                             progress=interleave)
     sync(device)
     t_engine = time.perf_counter() - t0 - inside

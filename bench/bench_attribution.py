@@ -181,14 +181,11 @@ def exact_sample(model, batch, layout: Layout, sample: list[int], metric) -> dic
     reference = reference_run(model, batch.corrupted, items)
     setup = time.perf_counter() - t0
     base = float(metric.compute(clean.logits, batch, clean.logits))
-
-    def value(logits, _tokens) -> float:
-        return float(metric.compute(logits, batch, clean.logits))
-
     times, scores = [], []
     for i in sample:
         t0 = time.perf_counter()
-        res = run_interventions(model, clean, [items[i]], value, reference=reference, method="naive")
+        res = run_interventions(model, clean, [items[i]], metric, batch=batch, reference=reference,
+                                method="naive")
         times.append(time.perf_counter() - t0)
         scores.append(base - float(res.values[0]))  # logit_diff: higher is better, sign +1
     return {"setup": setup, "times": times, "sample": scores}

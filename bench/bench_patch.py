@@ -68,7 +68,7 @@ def make_batch(cfg, contrast: str, seed: int) -> ContrastiveBatch:
 def logit_diff(batch: ContrastiveBatch):
     rows = torch.arange(N_PROMPTS)[:, None]
 
-    def metric(logits: torch.Tensor) -> torch.Tensor:  # [batch, pos, vocab] -> 0-d
+    def metric(logits: torch.Tensor, _batch=None, _clean_logits=None) -> torch.Tensor:  # [batch, pos, vocab] -> 0-d
         at = logits[rows, batch.read]  # [batch, n_read, vocab]
         return (at.gather(-1, batch.answer[..., None])[..., 0] - at.gather(-1, batch.wrong).mean(-1)).mean()
     return metric
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             for l, h, p in part:
                 name = f"blocks.{l}.attn.hook_z"
                 logits = model.run_with_hooks(batch.tokens, [(name, copy_z(corrupted_cache[name], h, p))])
-                naive[(l, h, p)] = float(metric(logits))
+                naive[(l, h, p)] = float(metric(logits, batch))
             return time.perf_counter() - t0
 
         # the loop's passes are interleaved with the sweep's (run from its progress callback, after each of its

@@ -12,22 +12,22 @@ name or file, a spec path, text or mapping) and calls the one implementation und
 Metrics: a metric is a metric plugin's name (`logit_diff`, `loss`, ...; `circuitry plugins` lists them), a
 `Metric` record, or a function with the plugins' signature `fn(logits [batch, pos, d_vocab], batch,
 clean_logits=None) -> float or 0-d tensor`, where `batch` is the task's `ContrastiveBatch` (answers, read
-positions) and `clean_logits` the clean run's logits. `metric_fn` binds such a metric to a batch, giving the
-one-argument function `activation_patching` takes; attribution takes metric names only (it needs the
-metric's differentiable form and its direction).
+positions) and `clean_logits` the clean run's logits (`circuitry.metricfn`, the one resolver: every API that
+takes a metric takes these three forms). `metric_fn` binds such a metric to a batch, giving a one-argument
+function of the logits; attribution takes metric names only (it needs the metric's differentiable form and
+its direction).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitry.errors import UsageError
+from circuitry.metricfn import metric_fn
 
 if TYPE_CHECKING:
-    import torch
 
     from circuitry.attribution import AttributionResult
     from circuitry.data import TokenBatch
@@ -110,44 +110,6 @@ def _task(model: HookedTransformer, task: Any, data: Any) -> tuple[ContrastiveBa
     return batch, metric.name
 
 
-# ------------------------------------------------------------------ metrics
-def metric_fn(metric: Any, batch: Any, clean_logits: torch.Tensor | None = None,
-              manager: Any = None) -> Callable[[torch.Tensor], Any]:
-    """`fn(logits [batch, pos, d_vocab])` of a metric (a plugin's name, a `Metric` record, or a function with
-    the plugins' signature `fn(logits, batch, clean_logits=None)`) bound to `batch` and the clean logits."""
-    from circuitry.records import Metric
-
-    if isinstance(metric, str):
-        from circuitry.plugins import get_manager
-
-        metric = (manager or get_manager()).get("circuitry_metrics", metric, "metric")
-    compute = metric.compute if isinstance(metric, Metric) else metric
-    if not callable(compute):
-        raise UsageError(f"a metric is a metric plugin's name, a Metric record or a function fn(logits, batch, "
-                         f"clean_logits=None), got {type(metric).__name__}")
-    try:
-        inspect.signature(compute).bind(None, None, None)
-    except TypeError:
-        raise UsageError(f"the metric {getattr(compute, '__name__', compute)!r} must take (logits, batch, "
-                         f"clean_logits=None), the signature of the metric plugins") from None
-    except ValueError:  # no signature to read (a builtin): trust it
-        pass
-
-    def bound(logits: torch.Tensor) -> Any:
-        return compute(logits, batch, clean_logits)
-
-    return bound
-
-
-def _needs_clean(metric: Any) -> bool:
-    """Whether the metric may read the clean logits: kl, and any function (it may)."""
-    from circuitry.records import Metric
-
-    if isinstance(metric, str):
-        return metric == "kl"
-    return metric.name == "kl" if isinstance(metric, Metric) else True
-
-
 # ------------------------------------------------------------------ analyses
 def scan(model: Any, data: Any = None, detectors: str | list[str] | None = None, manager: Any = None) -> ScanResult:
     """Every head scored by the detectors (all of them, or the names given) on one cached run
@@ -188,19 +150,12 @@ def patch(model: Any, task: Any = "induction", what: str = "heads", metric: Any 
     `circuitry.patching`) on a task (`task_batch`: a name, a file, YAML text or a `ContrastiveBatch`).
     metric: None (the task's metric; logit_diff for a batch given as it is), a plugin's name, a `Metric` or
     a function fn(logits, batch, clean_logits=None). options: memory_budget, progress, method."""
-    import torch
-
     from circuitry.patching import activation_patching
 
     model = as_model(model)
     batch, task_metric = _task(model, task, data)
     metric = metric if metric is not None else task_metric or "logit_diff"
-    clean_logits = None
-    if _needs_clean(metric):
-        with torch.inference_mode():
-            clean_logits = model(batch.tokens)
-    return activation_patching(model, batch, what, metric_fn(metric, batch, clean_logits), denoise=denoise,
-                               per_position=per_position, **options)
+    return activation_patching(model, batch, what, metric, denoise=denoise, per_position=per_position, **options)
 
 
 def attribute(model: Any, task: Any = "induction", metric: str | None = None, method: str = "eap-ig", *,

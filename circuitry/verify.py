@@ -257,14 +257,15 @@ def _sweeps(run: VerifiedRun, plans: dict[str, CheckPlan]) -> dict[str, float]:
     for (metric, direction), items in groups.items():
         first = next(c for c in run.spec.checks if c.id == items[0][0])
         t = time.perf_counter()
-        _, fn = run.metric(metric, first.path)
+        record = run.metric(metric, first.path)
         if direction == "denoising":
             base = run.corrupted_run()
             source = run.denoising_source(lambda: reference_run(run.model, run.batch.tokens, denoising))
         else:
             base, source = run.clean, run.reference(noising)
         try:
-            res = run_interventions(run.model, base, [it for _, _, it in items], fn, reference=source)
+            res = run_interventions(run.model, base, [it for _, _, it in items], record, batch=run.batch,
+                                    clean_logits=run.clean.logits, reference=source)
         except SpecError:
             raise
         except UsageError as exc:

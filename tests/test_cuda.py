@@ -70,7 +70,7 @@ def test_scan_and_sweeps_on_cuda_equal_the_cpu_ones():
         torch.testing.assert_close(b.heads[name].cpu(), a.heads[name], atol=1e-4, rtol=1e-4)
     items = [Ablation(f"L{l}H{h}") for l in range(2) for h in range(4)]
 
-    def loss(logits, tokens):
+    def loss(logits, tokens, clean_logits=None):
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
     want = run_interventions(cpu, batch.tokens, items, loss).values
     got = run_interventions(gpu, batch.tokens.to(DEVICE), items, loss).values
@@ -83,15 +83,13 @@ def test_patching_and_attribution_on_cuda_equal_the_cpu_ones():
     gpu = load_model("builtin:attn-only-2l", device=DEVICE)
     batch = build_batch(load_task(REPO / "specs/tasks/induction.yaml"), cpu)
     gpu_batch = batch.map_tensors(lambda t: t.to(DEVICE))
-    rows = torch.arange(batch.tokens.shape[0])[:, None]
 
-    def logit_diff(b):
-        def metric(logits):  # [batch, pos, vocab] -> 0-d
-            at = logits[rows.to(logits.device), b.read]
-            return (at.gather(-1, b.answer[..., None])[..., 0] - at.gather(-1, b.wrong).mean(-1)).mean()
-        return metric
-    a = activation_patching(cpu, batch, "heads", logit_diff(batch))
-    b = activation_patching(gpu, gpu_batch, "heads", logit_diff(gpu_batch))
+    def logit_diff(logits, b, clean_logits=None):  # [batch, pos, vocab] -> 0-d
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        at = logits[rows, b.read]
+        return (at.gather(-1, b.answer[..., None])[..., 0] - at.gather(-1, b.wrong).mean(-1)).mean()
+    a = activation_patching(cpu, batch, "heads", logit_diff)
+    b = activation_patching(gpu, gpu_batch, "heads", logit_diff)
     torch.testing.assert_close(torch.as_tensor(b.values).cpu(), torch.as_tensor(a.values), atol=1e-4, rtol=1e-4)
     ea = attribute(cpu, batch, method="eap")
     eb = attribute(gpu, gpu_batch, method="eap")

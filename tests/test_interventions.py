@@ -193,7 +193,7 @@ def test_batched_sweep_of_every_head_with_a_metric(shipped):
     batch = repeated_tokens(65, 64, batch=16, seq_len=10, n_repeats=2, seed=1)
     mask = batch.predictable[:, :-1]
 
-    def loss(logits, tokens):  # mean loss on the predictable positions
+    def loss(logits, tokens, clean_logits=None):  # mean loss on the predictable positions
         nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
         return nll[mask].mean()
 
@@ -203,7 +203,7 @@ def test_batched_sweep_of_every_head_with_a_metric(shipped):
     assert batched.n_passes == 2  # all layer-0 heads in one pass, all layer-1 heads in another
     torch.testing.assert_close(batched.stacked(), naive.stacked(), atol=f32_atol(naive.stacked()), rtol=0)
     per_seq = run_interventions(shipped, batch.tokens, items[:2],
-                                lambda lg, t: shipped.loss(t, lg, per_token=True).mean(-1))
+                                lambda lg, t, _=None: shipped.loss(t, lg, per_token=True).mean(-1))
     assert per_seq.values[0].shape == (16,)
 
 
@@ -313,7 +313,7 @@ def test_previous_token_head_effects_on_the_shipped_model(shipped):
     ref = repeated_tokens(65, 64, batch=64, seq_len=10, n_repeats=2, seed=2)
     mask = batch.predictable[:, :-1]
 
-    def loss(logits, tokens):
+    def loss(logits, tokens, clean_logits=None):
         nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
         return nll[mask].mean()
 

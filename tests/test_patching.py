@@ -12,6 +12,8 @@ token at two positions of the second half.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from conftest import random_model
@@ -62,16 +64,13 @@ def contrastive(model, n: int = 4, seed: int = 0) -> ContrastiveBatch:
         positions={"B2": torch.full((n, 1), HALF + 1), "ROW": torch.arange(n)[:, None] + 2})
 
 
-def logit_diff(batch: ContrastiveBatch):
-    """Mean over rows and read positions of logit[answer] - mean logit[wrong]."""
-    rows = torch.arange(batch.tokens.shape[0])[:, None]
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:  # [batch, pos, vocab] -> 0-d
-        at = logits[rows, batch.read]  # [batch, n_read, vocab]
-        right = at.gather(-1, batch.answer[..., None])[..., 0]
-        wrong = at.gather(-1, batch.wrong).mean(-1)
-        return (right - wrong).mean()
-    return metric
+def logit_diff(logits: torch.Tensor, batch: ContrastiveBatch, clean_logits=None) -> torch.Tensor:
+    """Mean over rows and read positions of logit[answer] - mean logit[wrong]: [batch, pos, vocab] -> 0-d."""
+    rows = torch.arange(logits.shape[0])[:, None]
+    at = logits[rows, batch.read]  # [batch, n_read, vocab]
+    right = at.gather(-1, batch.answer[..., None])[..., 0]
+    wrong = at.gather(-1, batch.wrong).mean(-1)
+    return (right - wrong).mean()
 
 
 def hook_loop(model, base: torch.Tensor, source: torch.Tensor, what: str, metric, per_position: bool) -> torch.Tensor:
@@ -110,10 +109,10 @@ def mlp_model():
 
 def _check(model, what: str, per_position: bool, denoise: bool, method: str = "batched"):
     batch = contrastive(model)
-    metric = logit_diff(batch)
-    res = activation_patching(model, batch, what, metric, denoise=denoise, per_position=per_position, method=method)
+    res = activation_patching(model, batch, what, logit_diff, denoise=denoise, per_position=per_position,
+                              method=method)
     base, source = (batch.corrupted, batch.tokens) if denoise else (batch.tokens, batch.corrupted)
-    expected = hook_loop(model, base, source, what, metric, per_position)
+    expected = hook_loop(model, base, source, what, lambda logits: logit_diff(logits, batch), per_position)
     assert res.values.shape == expected.shape
     diff = float((res.values - expected).abs().max())
     assert diff < ATOL, f"{what}: max difference {diff:.2e}"
@@ -144,7 +143,7 @@ def test_sweeps_on_a_model_with_mlps_and_layernorm_equal_the_hook_loop(mlp_model
                                                ("v_input", False)])
 def test_naive_path_gives_the_same_values(mlp_model, what, per_position):
     batch = contrastive(mlp_model, seed=1)
-    metric = logit_diff(batch)
+    metric = logit_diff
     batched = activation_patching(mlp_model, batch, what, metric, per_position=per_position)
     naive = activation_patching(mlp_model, batch, what, metric, per_position=per_position, method="naive")
     assert float((batched.values - naive.values).abs().max()) < ATOL
@@ -155,7 +154,7 @@ def test_naive_path_gives_the_same_values(mlp_model, what, per_position):
 # ------------------------------------------------------------------ the result record
 def test_result_axes_normalisation_and_unchanged_patches(shipped):
     batch = contrastive(shipped)
-    metric = logit_diff(batch)
+    metric = logit_diff
     calls: list[tuple[int, int]] = []
     res = activation_patching(shipped, batch, "heads", metric, per_position=True,
                               progress=lambda done, total: calls.append((done, total)))
@@ -182,7 +181,7 @@ def test_result_axes_normalisation_and_unchanged_patches(shipped):
 def test_patching_the_whole_residual_stream_at_layer_0_gives_the_other_run(shipped, mlp_model, denoise):
     for model in (shipped, mlp_model):
         batch = contrastive(model)
-        res = activation_patching(model, batch, "resid_pre", logit_diff(batch), per_position=False, denoise=denoise)
+        res = activation_patching(model, batch, "resid_pre", logit_diff, per_position=False, denoise=denoise)
         target = res.clean if denoise else res.corrupted
         assert res.values.shape == (model.cfg.n_layers,)
         assert abs(float(res.values[0]) - target) < ATOL
@@ -194,7 +193,7 @@ def test_no_difference_between_the_runs_is_not_normalised(shipped):
     same = ContrastiveBatch(tokens=batch.tokens, predictable=batch.predictable, fresh=batch.fresh,
                             corrupted=batch.tokens.clone(), read=batch.read, answer=batch.answer, wrong=batch.wrong)
     with pytest.warns(CircuitryWarning, match=r"clean run and .* on the corrupted run"):
-        res = activation_patching(shipped, same, "attn_out", logit_diff(batch))
+        res = activation_patching(shipped, same, "attn_out", logit_diff)
     assert torch.isnan(res.normalised).all() and res.n_unchanged == res.n_patches
     assert (res.values == res.clean).all()
 
@@ -307,7 +306,7 @@ def test_zero_mean_and_resample_patches(shipped):
 # ------------------------------------------------------------------ bad input
 def test_bad_input_gives_usage_errors(shipped):
     batch = contrastive(shipped)
-    metric = logit_diff(batch)
+    metric = logit_diff
     tokens = batch.tokens
     bad_mask = torch.ones(3, tokens.shape[1], dtype=torch.bool)
     cases = [
@@ -315,7 +314,8 @@ def test_bad_input_gives_usage_errors(shipped):
         (lambda: activation_patching(shipped, batch, "resid_mid", metric), "no L0.resid_mid"),
         (lambda: activation_patching(shipped, batch, "head", metric), "did you mean 'heads'"),
         (lambda: activation_patching(shipped, tokens, "heads", metric), "ContrastiveBatch"),
-        (lambda: activation_patching(shipped, batch, "heads", lambda lg: lg[:, 0, 0]), "one number"),
+        (lambda: activation_patching(shipped, batch, "heads", lambda lg, b, c=None: lg[:, 0, 0]), "one number"),
+        (lambda: activation_patching(shipped, batch, "heads", lambda lg: lg[0, 0, 0]), r"form fn\(logits\)"),
         (lambda: activation_patching(shipped, batch, "heads", metric, memory_budget=1000), "memory budget"),
         (lambda: Patch("L0H1.query"), "not an activation site"),
         (lambda: Patch("L0H1", "median"), "replacement method"),
@@ -357,7 +357,7 @@ def test_transformer_lens_patching_gives_the_same_values(shipped):
     _, unexpected = tl_model.load_state_dict(shipped.state_dict(), strict=False)
     assert not unexpected
     batch = contrastive(shipped)
-    metric = logit_diff(batch)
+    metric = functools.partial(logit_diff, batch=batch)  # TransformerLens calls metric(logits)
     with torch.no_grad():
         _, clean_cache = tl_model.run_with_cache(batch.tokens)
         pairs = [(tl_patching.get_act_patch_resid_pre, "resid_pre", None),
@@ -368,5 +368,5 @@ def test_transformer_lens_patching_gives_the_same_values(shipped):
             theirs = fn(tl_model, batch.corrupted, clean_cache, metric)
             if what == "heads" and per_position:
                 theirs = theirs.permute(0, 2, 1)  # [layer, pos, head] -> [layer, head, pos]
-            ours = activation_patching(shipped, batch, what, metric, denoise=True, per_position=per_position)
+            ours = activation_patching(shipped, batch, what, logit_diff, denoise=True, per_position=per_position)
             assert float((ours.values - theirs.double()).abs().max()) < 1e-4, what

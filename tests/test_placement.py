@@ -47,7 +47,7 @@ def test_placed_model_runs_hooks_caches_and_interventions_like_the_unplaced_one(
         torch.testing.assert_close(got[name], want[name], atol=0, rtol=0)
     items = [Ablation(f"L{l}H{h}", "mean") for l in range(3) for h in range(4)]
 
-    def loss(logits, toks):
+    def loss(logits, toks, clean_logits=None):
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), toks[:, 1:].flatten())
     a = run_interventions(placed, tokens, items, loss).values
     b = run_interventions(ref, tokens, items, loss).values

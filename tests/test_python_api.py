@@ -105,7 +105,7 @@ def test_task_batch_patch_and_one_metric_signature(model):
     by_function = cy.patch(model, batch, "heads", metric=lambda logits, b, clean_logits=None: _loss_at_reads(logits, b))
     assert torch.allclose(by_function.values, by_name.values, atol=1e-5)
     assert by_name.values.shape == (2, 4)
-    with pytest.raises(cy.UsageError, match=r"must take \(logits, batch, clean_logits=None\)"):
+    with pytest.raises(cy.UsageError, match=r"metrics take \(logits \[batch, pos, d_vocab\], batch, clean_logits"):
         cy.patch(model, batch, "heads", metric=lambda logits: logits.mean())
     with pytest.raises(cy.UsageError, match="did you mean 'logit_diff'"):
         cy.patch(model, batch, "heads", metric="logit_dif")

@@ -32,7 +32,7 @@ def tokens(model):
 
 
 def per_sequence_loss(model):
-    def metric(logits, toks):  # [batch]: the mean next-token loss of each sequence
+    def metric(logits, toks, clean_logits=None):  # [batch]: the mean next-token loss of each sequence
         lp = torch.log_softmax(logits[:, :-1], -1)
         return -lp.gather(-1, toks[:, 1:, None])[..., 0].mean(-1)
     return metric

@@ -83,17 +83,18 @@ def repeat_loss(model: HookedTransformer, logits: torch.Tensor, batch) -> float:
 
 def repeat_metric(model: HookedTransformer, batch):
     """The metric of `run_interventions`: `repeat_loss` on `batch` as a 0-d tensor."""
-    def metric(logits: torch.Tensor, _tokens: torch.Tensor) -> torch.Tensor:
+    def metric(logits: torch.Tensor, _batch: object, _clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tensor(repeat_loss(model, logits, batch))
 
     return metric
 
 
 def icl_metric(model: HookedTransformer):
-    """The metric of `run_interventions`: the ICL score (`circuitry.track.icl_score`) from the logits."""
+    """The metric of `run_interventions`: the ICL score (`circuitry.track.icl_score`) from the logits, with
+    the tokens [batch, pos] as the batch (what the engine passes by default)."""
     from circuitry.track import ICL_EARLY, ICL_LATE
 
-    def metric(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def metric(logits: torch.Tensor, tokens: torch.Tensor, _clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         nll = model.loss(tokens, logits, per_token=True)  # [batch, pos-1]; column t-1 is token t
         return nll[:, ICL_LATE[0] - 1: ICL_LATE[1]].mean() - nll[:, ICL_EARLY[0] - 1: ICL_EARLY[1]].mean()
 
@@ -380,7 +381,7 @@ def natural_text(model: HookedTransformer, n: int = 64, seed: int = 0) -> ClaimR
              if scores[l, h] >= HEAD_THRESHOLD]
     best = float(scores[1:].max()) if cfg.n_layers > 1 else 0.0
 
-    def second_copy(logits: torch.Tensor, toks: torch.Tensor) -> torch.Tensor:
+    def second_copy(logits: torch.Tensor, toks: torch.Tensor, _clean: torch.Tensor | None = None) -> torch.Tensor:
         return model.loss(toks, logits, per_token=True)[:, length:].mean()  # tokens length+1..2*length
 
     with torch.inference_mode():

@@ -25,6 +25,7 @@ from circuitry.interventions import (
 )
 from circuitry.interventions import Edge as IEdge
 from circuitry.interventions.targets import sender_of
+from circuitry.metricfn import MetricLike, resolve_metric
 from circuitry.names import EMBED, POS_EMBED
 
 
@@ -34,12 +35,14 @@ def edge_patches(layout: Layout, at: torch.Tensor | None = None) -> list[EdgePat
                       "corrupted", at=at) for e in layout.edges]
 
 
-def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory_budget: int | None = None,
+def exact_scores(model, batch, metric: MetricLike, sign: float, level: str, memory_budget: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  at: torch.Tensor | None = None) -> tuple[torch.Tensor, int, float, float]:
     """(scores, forward passes, metric on the clean run, metric on the corrupted run): scores [n_edges] in
     `Layout.edges` order (level "edges") or [n_senders] in `Layout.senders` order (level "nodes").
-    metric(logits, batch, clean_logits) -> float. at [batch, pos] (bool): patch at those positions only."""
+    metric: a plugin's name, a `Metric` record or metric(logits, batch, clean_logits=None) -> float
+    (`circuitry.metricfn`). at [batch, pos] (bool): patch at those positions only."""
+    fn = resolve_metric(metric)
     layout = Layout.of(model.cfg)
     tokens, corrupted = model.check_tokens(batch.tokens), model.check_tokens(batch.corrupted)
     if level == "edges":
@@ -49,14 +52,10 @@ def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory
         names = [i for i, n in enumerate(layout.senders) if n not in (EMBED, POS_EMBED)]
         items = [Ablation(Node.parse(layout.senders[i]), "corrupted", at=at) for i in names]
     clean = clean_run(model, tokens, patterns=False, extra=patched_site_names(items))
-    base = float(metric(clean.logits, batch, clean.logits))
-
-    def value(logits, _tokens):
-        return float(metric(logits, batch, clean.logits))
-
+    base = float(fn(clean.logits, batch, clean.logits))
     reference = reference_run(model, corrupted, items)
-    res = run_interventions(model, clean, items, value, reference=reference, memory_budget=memory_budget,
-                            progress=progress)
+    res = run_interventions(model, clean, items, fn, batch=batch, reference=reference,
+                            memory_budget=memory_budget, progress=progress)
     size = len(layout.edges) if level == "edges" else len(layout.senders)
     out = torch.zeros(size, dtype=torch.float64)
     for i, v in zip(names, res.values):
@@ -68,6 +67,6 @@ def exact_scores(model, batch, metric: Callable, sign: float, level: str, memory
             if at is not None:
                 e_corr = torch.where(at.to(e_corr.device)[:, :, None], e_corr, model.embed.W_E[tokens])
             logits = model.run_with_hooks(tokens, [("hook_embed", lambda x, hook: e_corr)])
-        out[layout.index[EMBED]] = sign * (base - value(logits, None))
+        out[layout.index[EMBED]] = sign * (base - float(fn(logits, batch, clean.logits)))
         passes += 1
-    return out, passes, base, float(metric(reference.logits, batch, clean.logits))
+    return out, passes, base, float(fn(reference.logits, batch, clean.logits))

@@ -106,17 +106,16 @@ class VerifiedRun:
         """Every detector result computed so far, by name."""
         return dict(self._detectors)
 
-    def metric(self, name: str, path: tuple = ()):
-        """(the metric record, fn(logits, tokens) -> value on the clean batch)."""
-        record = self.lookup("circuitry_metrics", name, path)
-        batch, clean_logits = self.batch, self.clean.logits
-        return record, (lambda logits, tokens: record.compute(logits, batch, clean_logits))
+    def metric(self, name: str, path: tuple = ()) -> Any:
+        """The metric record `name` (`Metric`: compute(logits, batch, clean_logits=None), read with the clean
+        batch, `run.batch`, and the clean run's logits, `run.clean.logits`); a SpecError at `path` if unknown."""
+        return self.lookup("circuitry_metrics", name, path)
 
     def metric_clean(self, name: str) -> float:
         """The metric's value on the clean run."""
         if name not in self._metric_clean:
-            _, fn = self.metric(name)
-            self._metric_clean[name] = float(fn(self.clean.logits, self.batch.tokens))
+            record = self.metric(name)
+            self._metric_clean[name] = float(record.compute(self.clean.logits, self.batch, self.clean.logits))
         return self._metric_clean[name]
 
     @property
@@ -141,9 +140,9 @@ class VerifiedRun:
     def metric_corrupted(self, name: str) -> float:
         """The metric's value on the corrupted run of the task (the same answers, read at the same positions)."""
         if name not in self._metric_corrupted:
-            _, fn = self.metric(name)
+            record = self.metric(name)
             run = self.corrupted_run()
-            self._metric_corrupted[name] = float(fn(run.logits, run.tokens))
+            self._metric_corrupted[name] = float(record.compute(run.logits, self.batch, self.clean.logits))
         return self._metric_corrupted[name]
 
     def denoising_source(self, make: Any) -> Any:

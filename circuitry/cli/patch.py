@@ -79,10 +79,6 @@ def run(args: argparse.Namespace, out) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     batch = build_batch(task, model)
     whats = _whats(args.what, model)
-
-    def fn(logits):
-        return metric.compute(logits, batch, None)
-
     results = []
     with Progress(TextColumn("[bold]patch[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total} passes"), TimeElapsedColumn(), console=out.err, transient=True) as progress:
@@ -92,7 +88,7 @@ def run(args: argparse.Namespace, out) -> int:
             def advance(done: int, total: int, bar=bar) -> None:
                 progress.update(bar, completed=done, total=total)
 
-            results.append(activation_patching(model, batch, what, fn, denoise=args.denoise,
+            results.append(activation_patching(model, batch, what, metric, denoise=args.denoise,
                                                per_position=True if args.per_position else None, progress=advance))
     ref = args.model
     if args.html or args.png:

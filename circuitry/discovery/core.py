@@ -355,17 +355,17 @@ def _weakest_first(ratio: float | None) -> float:
 class _Sweeper:
     """Batched (or naive) sweeps of removal sets on one clean run, as recovered fractions."""
 
-    def __init__(self, model, clean, reference, metric_fn, method: str, target: float) -> None:
-        self.model, self.clean, self.reference, self.metric_fn, self.method = model, clean, reference, metric_fn, method
-        self.target = target
+    def __init__(self, model, clean, reference, metric: Metric, batch, method: str, target: float) -> None:
+        self.model, self.clean, self.reference, self.metric, self.method = model, clean, reference, metric, method
+        self.batch, self.target = batch, target
         self.passes = 0
         self.interventions = 0
-        self.clean_value = float(metric_fn(clean.logits, clean.tokens))
+        self.clean_value = float(metric.compute(clean.logits, batch, clean.logits))
         self.ablated_value = math.nan
 
     def values(self, interventions: list) -> list[float]:
         """The metric with each intervention, from one sweep."""
-        res = run_interventions(self.model, self.clean, interventions, self.metric_fn,
+        res = run_interventions(self.model, self.clean, interventions, self.metric, batch=self.batch,
                                 reference=self.reference, method=self.method)
         self.passes += res.n_passes
         self.interventions += len(interventions)
@@ -482,11 +482,7 @@ def _prune(model: HookedTransformer, setup: Setup, head_scores: dict, comp, targ
     clean = clean_run(model, setup.batch.tokens, patterns=False)
     reference = clean_run(model, setup.reference.tokens, patterns=False)
     batch, metric = setup.batch, setup.metric
-
-    def metric_fn(logits, tokens):
-        return metric.compute(logits, batch, clean.logits)
-
-    sweeper = _Sweeper(model, clean, reference, metric_fn, method, target)
+    sweeper = _Sweeper(model, clean, reference, metric, batch, method, target)
     how = setup.ablation
     every = sorted(components(model), key=node_key)
     t_prune = time.perf_counter()
@@ -511,7 +507,7 @@ def _prune(model: HookedTransformer, setup: Setup, head_scores: dict, comp, targ
                              edges.effects[e])
                    for e in sorted(edges.kept, key=lambda e: (node_key(e.sender), node_key(e.receiver),
                                                               "QKV".index(e.kind)))]
-    corrupted = float(metric_fn(reference.logits, None)) if setup.task_file else math.nan
+    corrupted = float(metric.compute(reference.logits, batch, clean.logits)) if setup.task_file else math.nan
     say("checks: measuring the spec's claims")
     return Circuit(
         ref, setup.task, metric.name, setup.data, setup.reference_data,

@@ -11,15 +11,16 @@ row-aligned; see `records` for their exact meaning); `at`: None (every
 position) or a bool mask [batch, pos] (`positions`).
 Running: `clean_run(model, tokens)` -> `CleanRun` (shareable);
 `reference_run(model, tokens, interventions)` caches what replacements read;
-`run_interventions(model, clean, interventions, metric, reference=...,
-method="batched" | "naive")` -> `SweepResult`; `run_with_intervention` and
+`run_interventions(model, clean, interventions, metric, batch=..., reference=...,
+method="batched" | "naive")` -> `SweepResult`, the metric in the one signature of `circuitry.metricfn`
+(a plugin's name, a `Metric` record or fn(logits, batch, clean_logits=None)); `run_with_intervention` and
 `intervention_hooks` for a single full run. Everything runs under
 torch.inference_mode().
 
 Example::
 
     clean = clean_run(model, batch.tokens)
-    res = run_interventions(model, clean, [Ablation(n) for n in all_heads(model.cfg)], metric)
+    res = run_interventions(model, clean, [Ablation(n) for n in all_heads(model.cfg)], "loss", batch=batch)
 """
 
 from circuitry.interventions.records import (
@@ -29,7 +30,6 @@ from circuitry.interventions.records import (
     Combined,
     EdgePatch,
     Intervention,
-    Metric,
     Patch,
     SweepResult,
     clean_hook_names,
@@ -47,10 +47,11 @@ from circuitry.interventions.sweep import (
     run_with_intervention,
 )
 from circuitry.interventions.targets import EDGE_KINDS, LOGITS, Edge, Node, all_heads, all_mlps
+from circuitry.metricfn import MetricFn, MetricLike
 
 __all__ = [
     "METHODS", "EDGE_KINDS", "LOGITS", "Node", "Edge", "all_heads", "all_mlps",
-    "Ablation", "EdgePatch", "Patch", "Combined", "Intervention", "Metric", "parts_of", "node_site",
+    "Ablation", "EdgePatch", "Patch", "Combined", "Intervention", "MetricFn", "MetricLike", "parts_of", "node_site",
     "CleanRun", "clean_run", "reference_run", "reference_names", "clean_hook_names", "patched_site_names",
     "SweepResult",
     "run_interventions", "run_with_intervention", "intervention_hooks", "default_max_batch",

@@ -24,7 +24,7 @@ changes (see `circuitry.interventions.positions`); outside `at` the run is untou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -323,9 +323,6 @@ class SweepResult:
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.values))
-
-
-Metric = Callable[[torch.Tensor, torch.Tensor], "float | torch.Tensor"]
 
 
 def as_interventions(items: Iterable[Intervention]) -> tuple[Intervention, ...]:

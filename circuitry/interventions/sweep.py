@@ -43,7 +43,6 @@ from circuitry.interventions.records import (
     CleanRun,
     EdgePatch,
     Intervention,
-    Metric,
     Patch,
     SweepResult,
     as_interventions,
@@ -52,6 +51,7 @@ from circuitry.interventions.records import (
     patched_site_names,
     reference_run,
 )
+from circuitry.metricfn import MetricFn, MetricLike, resolve_metric
 
 RUN_METHODS = ("batched", "naive")
 
@@ -175,10 +175,10 @@ def _run_from_stage(model, tokens: torch.Tensor, resid: torch.Tensor, stage: int
     return model(tokens, start_at_layer=layer, resid=resid, stop_at_layer=L)
 
 
-def _value(metric: Metric | None, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def _value(metric: MetricFn | None, logits: torch.Tensor, batch, clean_logits: torch.Tensor) -> torch.Tensor:
     if metric is None:
         return logits
-    v = metric(logits, tokens)
+    v = metric(logits, batch, clean_logits)
     return v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
 
 
@@ -197,15 +197,20 @@ def _chunks(idxs: list[int], per_chunk: int) -> list[list[int]]:
 
 
 def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequence[Intervention],
-                      metric: Metric | None = None, *, reference: CleanRun | torch.Tensor | None = None,
-                      method: str = "batched", max_batch: int | None = None,
-                      memory_budget: float | None = None,
+                      metric: MetricLike | None = None, *, batch=None, clean_logits: torch.Tensor | None = None,
+                      reference: CleanRun | torch.Tensor | None = None, method: str = "batched",
+                      max_batch: int | None = None, memory_budget: float | None = None,
                       progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Run each intervention on the clean tokens and return its metric value (or logits).
 
     clean: a CleanRun (shared with other callers) or tokens [batch, pos].
-    metric(logits [batch, pos, d_vocab], tokens [batch, pos]) -> float or tensor
-    (0-d or [batch]); None returns the logits of every intervention.
+    metric: the metrics' one signature (`circuitry.metricfn`), given as a metric plugin's name, a `Metric`
+    record or a function metric(logits [batch, pos, d_vocab], batch, clean_logits=None) -> float or tensor
+    (0-d or [batch]), called once per intervention as metric(logits, batch, clean_logits); None returns the
+    logits of every intervention. batch: what the metric reads as its batch (a `TokenBatch` or
+    `ContrastiveBatch` for the metric plugins; default: the clean run's tokens [batch, pos]). clean_logits:
+    what it reads as the clean logits (default: the clean run's; a denoising sweep, whose clean run is the
+    corrupted prompts', passes the logits of the clean prompts).
     reference: tokens or a CleanRun for "mean", "resample" and "corrupted" (see records.METHODS);
     tokens are run once, caching what the interventions read.
     method "batched" (default): one copy of the clean batch per intervention, copies stacked along the
@@ -222,11 +227,14 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
         raise UsageError(f"max_batch must be a positive integer, got {max_batch!r}")
     items = as_interventions(interventions)
+    fn = None if metric is None else resolve_metric(metric)
     with torch.inference_mode():
         check_targets(model.cfg, [part for it in items for part in parts_of(it)])
         clean = _as_clean(model, clean, items, method)
         ctx = Context(model, clean, _as_reference(model, reference, items))
         tokens = clean.tokens
+        reads = tokens if batch is None else batch  # what the metric reads as its batch
+        clean_logits = clean.logits if clean_logits is None else clean_logits
         b, pos = tokens.shape
         L = model.cfg.n_layers
         values: list[torch.Tensor | None] = [None] * len(items)
@@ -235,7 +243,7 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
         n_passes, row_layers, done = 0, 0.0, 0
         unchanged = [method == "batched" and all(ctx.unchanged(part) for part in p) for p in parts]
         if any(unchanged):
-            clean_value = _value(metric, clean.logits, tokens)
+            clean_value = _value(fn, clean.logits, reads, clean_logits)
             for i in (i for i, u in enumerate(unchanged) if u):
                 values[i] = clean_value
                 done += 1
@@ -244,7 +252,7 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
                 hooks = collect(ctx, [(slice(None), p)], 0, None)
                 logits = model.run_with_hooks(tokens, hooks)
                 ctx.release()
-                values[i] = _value(metric, logits, tokens)
+                values[i] = _value(fn, logits, reads, clean_logits)
                 n_passes, done = n_passes + 1, done + 1
                 row_layers += b * L
                 if progress is not None:
@@ -270,7 +278,7 @@ def run_interventions(model, clean: CleanRun | torch.Tensor, interventions: Sequ
                     del hooks, resid
                     for (rows, _), i in zip(copies, chunk):  # one copy's logits at a time
                         logits = model.unembed_resid(model.ln_final(final[rows]))
-                        values[i] = _value(metric, logits, tokens)
+                        values[i] = _value(fn, logits, reads, clean_logits)
                         del logits
                     del final
                     n_passes, done = n_passes + 1, done + n

@@ -7,11 +7,12 @@ paired run of a `ContrastiveBatch`, batched through the intervention sweep engin
 Modules: grids.py (the `what` kinds and the patches each makes), sweep.py (the sweep), normalise.py (the
 normalised effect and when it is refused), labels.py (axis labels), result.py (`PatchingResult`).
 
+The metric: a metric plugin's name, a `Metric` record or fn(logits [batch, pos, d_vocab], batch,
+clean_logits=None) -> one number, the one signature of `circuitry.metricfn`.
+
 Example::
 
-    def logit_diff(logits):  # [batch, pos, vocab] -> mean over prompts
-        ...
-    res = activation_patching(model, batch, "heads", logit_diff, per_position=True)
+    res = activation_patching(model, batch, "heads", "logit_diff", per_position=True)
     res.normalised  # [layer, head, pos]; res.positions: ('0', 'S1', ..., 'END')
 """
 

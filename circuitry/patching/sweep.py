@@ -9,6 +9,11 @@ reference run caches only the patched sites, and the patches run through
 `circuitry.interventions.run_interventions`: stacked along the batch, each
 pass starting at the earliest stage its patches change, sized by the memory
 budget.
+
+The metric (`circuitry.metricfn`: a plugin's name, a `Metric` record or fn(logits, batch, clean_logits=None))
+reads the task batch given and, as its clean logits, the unpatched run of the clean prompts in both
+directions: the base run when noising, the reference run when denoising (`kl` measures how far each run is
+from the clean one).
 """
 
 from __future__ import annotations
@@ -28,17 +33,17 @@ from circuitry.interventions import (
     reference_run,
     run_interventions,
 )
+from circuitry.metricfn import MetricFn, MetricLike, resolve_metric
 from circuitry.patching.grids import make_grid
 from circuitry.patching.labels import head_labels, layer_labels, position_labels
 from circuitry.patching.normalise import normalise
 from circuitry.patching.result import PatchingResult
 from circuitry.tasks import ContrastiveBatch
 
-PatchMetric = Callable[[torch.Tensor], "float | torch.Tensor"]  # logits [batch, pos, d_vocab] -> one number
 
-
-def _number(metric: PatchMetric, logits: torch.Tensor, run: str) -> float:
-    value = metric(logits)
+def _number(metric: MetricFn, logits: torch.Tensor, batch: ContrastiveBatch, clean_logits: torch.Tensor,
+            run: str) -> float:
+    value = metric(logits, batch, clean_logits)
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise UsageError(f"the patching metric must return one number for the whole batch (a float or a 0-d "
@@ -67,7 +72,7 @@ def cache_bytes(cfg, batch: int, pos: int, names: list[str]) -> int:
     return 4 * batch * pos * per_pos
 
 
-def activation_patching(model, batch: ContrastiveBatch, what: str, metric: PatchMetric, *, denoise: bool = False,
+def activation_patching(model, batch: ContrastiveBatch, what: str, metric: MetricLike, *, denoise: bool = False,
                         per_position: bool | None = None, memory_budget: float | None = None,
                         progress: Callable[[int, int], None] | None = None,
                         method: str = "batched") -> PatchingResult:
@@ -75,16 +80,19 @@ def activation_patching(model, batch: ContrastiveBatch, what: str, metric: Patch
     q, k, v, q_input, k_input, v_input, pattern) layer by layer, head by head and, per position, position by
     position, from the paired run, and measure `metric` on each patched run.
 
-    metric(logits [batch, pos, d_vocab]) -> a float or 0-d tensor for the whole batch (e.g. the mean logit
-    difference of the answers at the read positions). denoise=False: noising (corrupted activations into the
-    clean run); True: denoising. per_position: None for the kind's default (layer kinds per position, head
-    kinds over every position at once). memory_budget: bytes for the caches and every pass (default: the
-    memory budget, `circuitry.budget`). progress(done, total): called after every pass. method "naive": one
-    full pass per patch (the reference the batched sweep is tested against).
+    metric: a metric plugin's name, a `Metric` record or metric(logits [batch, pos, d_vocab], batch,
+    clean_logits=None) -> a float or 0-d tensor for the whole batch (e.g. the mean logit difference of the
+    answers at the read positions), called with `batch` and the logits of the unpatched clean prompts.
+    denoise=False: noising (corrupted activations into the clean run); True: denoising. per_position: None for
+    the kind's default (layer kinds per position, head kinds over every position at once). memory_budget:
+    bytes for the caches and every pass (default: the memory budget, `circuitry.budget`). progress(done,
+    total): called after every pass. method "naive": one full pass per patch (the reference the batched sweep
+    is tested against).
     """
     if not isinstance(batch, ContrastiveBatch):
         raise UsageError(f"activation patching needs a ContrastiveBatch (clean and corrupted prompts), got "
                          f"{type(batch).__name__}")
+    fn = resolve_metric(metric)
     base = batch.corrupted_batch() if denoise else batch  # base.tokens: the run patched; base.corrupted: the source
     n_rows, n_pos = base.tokens.shape
     grid = make_grid(what, model.cfg, n_rows, n_pos, per_position, device=model.device)
@@ -98,9 +106,10 @@ def activation_patching(model, batch: ContrastiveBatch, what: str, metric: Patch
     with torch.inference_mode():
         clean = clean_run(model, base.tokens, patterns=False, extra=extra)
         reference = reference_run(model, base.corrupted, grid.patches)
-        m_base = _number(metric, clean.logits, "corrupted" if denoise else "clean")
-        m_ref = _number(metric, reference.logits, "clean" if denoise else "corrupted")
-        sweep = run_interventions(model, clean, grid.patches, lambda logits, tokens: metric(logits),
+        clean_logits = reference.logits if denoise else clean.logits  # the unpatched run of the clean prompts
+        m_base = _number(fn, clean.logits, batch, clean_logits, "corrupted" if denoise else "clean")
+        m_ref = _number(fn, reference.logits, batch, clean_logits, "clean" if denoise else "corrupted")
+        sweep = run_interventions(model, clean, grid.patches, fn, batch=batch, clean_logits=clean_logits,
                                   reference=reference, method=method, memory_budget=budget, progress=progress)
     values = torch.tensor([float(v) for v in sweep.values], dtype=torch.float64).reshape(grid.shape)
     m_clean, m_corrupted = (m_ref, m_base) if denoise else (m_base, m_ref)
