@@ -101,13 +101,14 @@ def full_run(tmp_path_factory):
     """The real run: 1500 steps of the default recipe (seed 0), a checkpoint every 100; trained once per
     session for the slow tests that read it (track, verify --checkpoints, the loss bump).
     CIRCUITRY_TEST_FULL_RUN=DIR reuses a run that `circuitry train --steps 1500 --checkpoint-every 100` wrote."""
-    from circuitry.train import TrainRecipe, train
+    from circuitry.cli import main
 
     given = os.environ.get("CIRCUITRY_TEST_FULL_RUN")
     if given:
         return Path(given)
     out = tmp_path_factory.mktemp("full-run")
-    train(TrainRecipe(steps=1500, checkpoint_every=100), out=out)
+    # the shipped model's command with checkpoints (test_train checks that it makes the shipped weights)
+    assert main(["train", "--steps", "1500", "--seed", "0", "--checkpoint-every", "100", "--out", str(out)]) == 0
     return out
 
 

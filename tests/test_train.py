@@ -140,15 +140,15 @@ def test_bad_training_arguments(argv, words, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_full_recipe_grows_induction_heads(tmp_path, capsys):
-    """The shipped model's exact command produces a model with the induction circuit."""
-    out = tmp_path / "attn-only-2l"
-    assert main(["train", "--steps", "1500", "--seed", "0", "--out", str(out)]) == 0
+def test_full_recipe_grows_induction_heads(full_run):
+    """The shipped model's exact command (with checkpoints every 100 steps, which change nothing in the
+    training: the session's 1500-step run) produces a model with the induction circuit."""
+    out = full_run
     model = load_model_file(out)
     scores = measure(model)
     assert failures(scores) == [], scores.as_dict()
     record = json.loads((out / "train.json").read_text())
-    assert record["command"] == f"circuitry train --steps 1500 --seed 0 --out {out}"
+    assert record["command"] == f"circuitry train --steps 1500 --seed 0 --out {out} --checkpoint-every 100"
     # weight decay 0.3 gives K-composition from a previous-token head into an induction head well
     # above the 1.5x random baseline measured for the recipe without it
     prev = [h for h in range(4) if scores.prev_token[0, h] >= 0.9]
@@ -158,7 +158,10 @@ def test_full_recipe_grows_induction_heads(tmp_path, capsys):
     # the same command made the shipped model: same recipe; with the same torch, the same weights up to
     # float rounding (thread scheduling changes the order of float sums, so not bit for bit)
     shipped_record = json.loads((BUILTIN / "train.json").read_text())
-    assert record["recipe"] == shipped_record["recipe"]
+    # the same recipe but for the checkpoints, and options added since the shipped run (off by default)
+    recipe, shipped_recipe = dict(record["recipe"]), dict(shipped_record["recipe"])
+    assert recipe.pop("checkpoint_every") == 100 and shipped_recipe.pop("checkpoint_every") is None
+    assert recipe == {"block_k_composition": False, "smeared_keys": False, **shipped_recipe}
     if torch.__version__ != shipped_record["torch"]:
         pytest.skip(f"shipped model trained with torch {shipped_record['torch']}, this is {torch.__version__}")
     shipped, fresh = load_model_file(BUILTIN).state_dict(), model.state_dict()
