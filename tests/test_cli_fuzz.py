@@ -178,7 +178,7 @@ def test_generated_command_lines(workdir, capsys):
 
 @pytest.mark.slow
 def test_generated_command_lines_many(workdir, capsys):
-    @_fuzz(examples=1000, derandomize=True)
+    @_fuzz(examples=500, derandomize=True)
     def prop(argv):
         _check(argv, capsys)
 
